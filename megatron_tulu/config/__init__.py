@@ -1,0 +1,41 @@
+"""Run configuration: small validated dataclasses and YAML recipes (no torch/megatron imports)."""
+
+from megatron_tulu.config._validate import ConfigTypeError
+from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
+from megatron_tulu.config.optim import LR_DECAY_STYLES, OPTIMIZERS, OptimizerConfig
+from megatron_tulu.config.parallel import ParallelConfig, ParallelDims, RankCoords
+from megatron_tulu.config.recipe import (
+    DEFAULT_MODEL_PRESET,
+    SECTIONS,
+    RecipeConfig,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+    recipe_to_dict,
+    save_resolved,
+)
+from megatron_tulu.config.training import PRECISIONS, RECOMPUTE_MODES, TrainingConfig
+
+__all__ = [
+    "DEFAULT_MODEL_PRESET",
+    "LR_DECAY_STYLES",
+    "MODEL_PRESETS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "RECOMPUTE_MODES",
+    "SECTIONS",
+    "ConfigTypeError",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ParallelConfig",
+    "ParallelDims",
+    "RankCoords",
+    "RecipeConfig",
+    "TrainingConfig",
+    "load_recipe",
+    "model_preset",
+    "parse_override",
+    "recipe_from_dict",
+    "recipe_to_dict",
+    "save_resolved",
+]

@@ -1,0 +1,206 @@
+"""A full run recipe: model + parallel + optimizer + training, loaded from YAML plus overrides.
+
+YAML layout (every section and key optional)::
+
+    model:
+      preset: llama3.1-8b      # start from a preset; other keys override its fields
+      num_layers: 2
+    parallel: {tp: 2, pp: 1}
+    optimizer: {lr: 5.0e-6, lr_decay_style: linear}
+    training: {train_steps: 100, precision: bf16}
+
+A missing or empty ``model`` section means ``preset: tiny``. A ``model`` section without
+``preset`` must give every required ModelConfig field. Command-line overrides have the form
+``section.field=value`` (``parallel.tp=2``, ``model.preset=small``, ``training.data_path=null``)
+and are applied on top of the file before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megatron_tulu.config._coerce import coerce_value, field_types
+from megatron_tulu.config._validate import ConfigTypeError, fmt_set
+from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
+from megatron_tulu.config.optim import OptimizerConfig
+from megatron_tulu.config.parallel import ParallelConfig, ParallelDims
+from megatron_tulu.config.training import TrainingConfig
+
+DEFAULT_MODEL_PRESET = "tiny"
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "optimizer": OptimizerConfig,
+    "training": TrainingConfig,
+}
+
+
+@dataclass(kw_only=True)
+class RecipeConfig:
+    """Everything needed to launch a run. Cross-section checks run in ``__post_init__``."""
+
+    model: ModelConfig = field(default_factory=lambda: model_preset(DEFAULT_MODEL_PRESET))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigTypeError(
+                    f"RecipeConfig.{name} ({value!r}) must be a {cls.__name__}: "
+                    f"build it with {cls.__name__}(...)"
+                )
+        m, p, t = self.model, self.parallel, self.training
+        if t.seq_length > m.max_position_embeddings:
+            raise ValueError(
+                f"training.seq_length ({t.seq_length}) exceeds model.max_position_embeddings "
+                f"({m.max_position_embeddings}) of model {m.name!r}: lower training.seq_length "
+                f"or raise model.max_position_embeddings"
+            )
+        if p.sequence_parallel and t.seq_length % p.tp:
+            raise ValueError(
+                f"sequence_parallel splits the sequence over tp ({p.tp}) ranks but "
+                f"training.seq_length ({t.seq_length}) is not divisible by it: use a "
+                f"seq_length that is a multiple of {p.tp}"
+            )
+        p.check_model(m)
+        self.optimizer.warmup_steps(t.train_steps)
+
+    def resolve_parallel(self, world_size: int) -> ParallelDims:
+        """``self.parallel.resolve(world_size, self.model)``."""
+        return self.parallel.resolve(world_size, self.model)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split ``"section.field=value"`` into (section, field, value), checking the names."""
+    key, sep, value = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name or "." in name:
+        raise ValueError(
+            f"override {text!r} is not of the form section.field=value: write e.g. "
+            f"parallel.tp=2 or optimizer.lr=3e-4"
+        )
+    _check_key(section, name, f"override {text!r}")
+    return section, name, value
+
+
+def _valid_fields(section: str) -> list[str]:
+    names = list(field_types(SECTIONS[section]))
+    return ["preset", *names] if section == "model" else names
+
+
+def _check_key(section: str, name: str | None, where: str) -> None:
+    if section not in SECTIONS:
+        raise ValueError(
+            f"unknown section {section!r} in {where}: valid sections are {fmt_set(SECTIONS)}"
+        )
+    if name is not None and name not in _valid_fields(section):
+        raise ValueError(
+            f"unknown field {name!r} in section {section!r} of {where}: valid fields are "
+            f"{fmt_set(_valid_fields(section), limit=100)}"
+        )
+
+
+def _build_section(section: str, raw: Mapping[str, Any], where: str) -> Any:
+    cls = SECTIONS[section]
+    types_ = field_types(cls)
+    values = {
+        k: coerce_value(f"{section}.{k}", v, types_[k]) for k, v in raw.items() if k != "preset"
+    }
+    if section != "model":
+        return cls(**values)
+    preset = raw.get("preset")
+    if preset is not None:
+        return model_preset(coerce_value("model.preset", preset, str), **values)
+    required = [
+        f.name
+        for f in dataclasses.fields(ModelConfig)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise ValueError(
+            f"model section of {where} has no preset and is missing required field(s) "
+            f"{fmt_set(missing)}: add 'preset: NAME' (one of {fmt_set(sorted(MODEL_PRESETS))}) "
+            f"or give all of them"
+        )
+    return ModelConfig(**values)
+
+
+def recipe_from_dict(
+    data: Mapping[str, Any] | None,
+    overrides: Sequence[str] = (),
+    *,
+    source: str = "recipe dict",
+) -> RecipeConfig:
+    """Build a RecipeConfig from nested section dicts plus ``section.field=value`` overrides.
+
+    ``source`` names where ``data`` came from (e.g. a file path) in error messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigTypeError(
+            f"{source} must be a mapping of sections {fmt_set(SECTIONS)}, "
+            f"got {type(data).__name__}: write 'model:', 'parallel:', ... at the top level"
+        )
+    raw: dict[str, dict[str, Any]] = {}
+    for section, value in data.items():
+        _check_key(str(section), None, source)
+        body = {} if value is None else value
+        if not isinstance(body, Mapping):
+            raise ConfigTypeError(
+                f"section {section!r} of {source} must be a mapping of field: value, "
+                f"got {body!r}: write e.g. '{section}:' followed by indented 'field: value' lines"
+            )
+        for name in body:
+            _check_key(section, str(name), source)
+        raw[section] = dict(body)
+    if not raw.get("model"):  # no (or an empty) model section: start from the default preset
+        raw["model"] = {"preset": DEFAULT_MODEL_PRESET}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        raw.setdefault(section, {})[name] = value
+    built = {s: _build_section(s, raw.get(s, {}), source) for s in SECTIONS}
+    return RecipeConfig(**built)
+
+
+def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe (or use all defaults when ``path`` is None) and apply overrides."""
+    if path is None:
+        return recipe_from_dict({}, overrides, source="default recipe")
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"recipe file {str(p)!r} {what} (resolved to {str(p.resolve())!r}): check the path"
+        )
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"recipe file {str(p)!r} is not valid YAML: {exc}") from exc
+    return recipe_from_dict(data, overrides, source=f"recipe file {str(p)!r}")
+
+
+def recipe_to_dict(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (YAML-serialisable); the model is fully expanded, with no preset key."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+
+
+def save_resolved(cfg: RecipeConfig, path: str | Path) -> Path:
+    """Write ``recipe_to_dict(cfg)`` as YAML (creating parent dirs); returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(recipe_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    p.write_text(
+        "# Resolved megatron-tulu recipe (load with load_recipe).\n" + text, encoding="utf-8"
+    )
+    return p

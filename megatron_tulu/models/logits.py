@@ -1,0 +1,39 @@
+"""Vocabulary-parallel logits helpers: padding mask, token NLL, gathering for checks.
+
+Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * tp``. Padded
+columns hold real (trainable) output rows, so their logits are set to -inf here before any
+softmax: they never take part in a loss, a log-prob or a sampling distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+
+def mask_padded_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Sets columns of this TP rank's shard [..., V/t] at global index >= vocab_size to -inf."""
+    shard = logits.shape[-1]
+    start = ps.get_tensor_model_parallel_rank() * shard
+    if start + shard <= vocab_size:
+        return logits
+    col = torch.arange(start, start + shard, device=logits.device)
+    return logits.masked_fill(col >= vocab_size, float("-inf"))
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Per-token negative log-likelihood from vocab-parallel logits [b, s, V/t] -> [b, s] fp32."""
+    masked = mask_padded_logits(logits.float(), vocab_size)
+    return vocab_parallel_cross_entropy(masked, labels)
+
+
+def gather_full_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """All-gathers the vocab shards [..., V/t] -> [..., vocab_size] (checks and tests only)."""
+    tp = ps.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return logits[..., :vocab_size]
+    parts = [torch.empty_like(logits) for _ in range(tp)]
+    dist.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return torch.cat(parts, dim=-1)[..., :vocab_size]

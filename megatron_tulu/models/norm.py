@@ -1,0 +1,36 @@
+"""RMSNorm for the local (non-Transformer-Engine) layer spec.
+
+megatron-core's local spec wraps ``torch.nn.RMSNorm`` and refuses sequence parallelism with it.
+This norm computes exactly what Hugging Face's ``LlamaRMSNorm`` computes (normalise in fp32, cast
+back, then scale) and marks its weight ``sequence_parallel`` so that megatron's
+``finalize_model_grads`` all-reduces its gradient over the tensor-parallel group when the
+activations are sequence-sharded.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class LlamaRMSNorm(torch.nn.Module):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        hidden_size: int,
+        eps: float = 1e-5,
+        **unused: object,
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(
+            torch.ones(hidden_size, dtype=config.params_dtype, device="cpu")
+        )
+        self.weight.sequence_parallel = bool(config.sequence_parallel)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden.dtype
+        hidden32 = hidden.float()
+        variance = hidden32.pow(2).mean(-1, keepdim=True)
+        normed = hidden32 * torch.rsqrt(variance + self.eps)
+        return self.weight * normed.to(input_dtype)

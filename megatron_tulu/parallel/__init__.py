@@ -1,0 +1,70 @@
+"""Process-group setup around megatron-core's parallel_state, driven by explicit ParallelDims."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from megatron_tulu.config import ParallelDims
+from megatron_tulu.platform import dist_backend, ensure_platform, has_cuda
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def world_from_env() -> tuple[int, int]:
+    """(rank, world_size) from torchrun/Slurm-style variables; (0, 1) when absent."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) -> None:
+    """Initialises torch.distributed (if needed) and megatron's model-parallel groups.
+
+    Works under torchrun (env:// rendezvous) and in a single plain process (a private loopback
+    rendezvous is created). Seeds torch and megatron's model-parallel RNG tracker.
+    """
+    ensure_platform()
+    if not dist.is_initialized():
+        rank, world = world_from_env()
+        if world == 1 and "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(_free_port())
+        if has_cuda():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend=dist_backend(),
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    if dist.get_world_size() != dims.world_size:
+        raise ValueError(
+            f"the launcher started {dist.get_world_size()} ranks but the layout needs "
+            f"world_size {dims.world_size} (tp {dims.tp} * pp {dims.pp} * dp {dims.dp}): "
+            "launch with --nproc-per-node matching, or change parallel.tp/pp"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=dims.tp,
+        pipeline_model_parallel_size=dims.pp,
+        virtual_pipeline_model_parallel_size=dims.vpp,
+    )
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,41 @@
+"""Device and backend selection, and the CPU platform layer for megatron-core."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_tulu.platform.cpu import apply_cpu_platform_layer, cpu_platform_layer_active
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def ensure_platform() -> bool:
+    """Makes megatron-core usable on this machine; returns True when the CPU layer is active.
+
+    On CUDA machines nothing is patched. Idempotent.
+    """
+    if has_cuda():
+        return False
+    return apply_cpu_platform_layer()
+
+
+def device() -> torch.device:
+    if has_cuda():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def dist_backend() -> str:
+    return "nccl" if has_cuda() else "gloo"
+
+
+__all__ = [
+    "apply_cpu_platform_layer",
+    "cpu_platform_layer_active",
+    "device",
+    "dist_backend",
+    "ensure_platform",
+    "has_cuda",
+]

@@ -1,0 +1,1 @@
+"""Helpers for multi-rank tests and tools on one machine (gloo on CPU, NCCL on GPU)."""

@@ -1,0 +1,149 @@
+"""One training step through megatron-core's pipeline schedules.
+
+A micro-batch is a dict of ``tokens``, ``labels``, ``loss_mask`` and ``position_ids``, each
+[micro_batch, seq]. Every pipeline stage reads the same micro-batches (the first stage uses the
+tokens, the last the labels); every model chunk of an interleaved schedule gets its own iterator
+over them, as megatron expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_tulu.models.logits import token_nll
+from megatron_tulu.training.engine import Engine
+
+MicroBatch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    loss: float  # mean token loss over the global batch
+    num_tokens: int  # loss-carrying tokens in the global batch
+    grad_norm: float | None
+    lr: float
+    update_successful: bool
+
+
+def _lm_loss(
+    batch: MicroBatch, vocab_size: int, output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    nll = token_nll(output, batch["labels"], vocab_size)  # [b, s] fp32
+    mask = batch["loss_mask"].to(nll.dtype)
+    loss_sum = (nll * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def _forward_step(vocab_size: int, data: Iterator[MicroBatch], model: torch.nn.Module):
+    batch = next(data)
+    output = model(batch["tokens"], batch["position_ids"], None)
+    return output, partial(_lm_loss, batch, vocab_size)
+
+
+def _reduce_report(reports: Sequence[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """(mean loss, tokens) over micro-batches and data-parallel ranks, known on every rank."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for report in reports:
+        total += report["lm loss"].to(torch.float64).cpu()
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        last = ps.get_pipeline_model_parallel_last_rank()
+        dist.broadcast(total, src=last, group=ps.get_pipeline_model_parallel_group())
+    tokens = int(total[1].item())
+    return (total[0].item() / max(tokens, 1)), tokens
+
+
+def forward_backward(
+    engine: Engine,
+    microbatches: Sequence[MicroBatch],
+    *,
+    forward_only: bool = False,
+    forward_step: Callable | None = None,
+) -> tuple[float, int]:
+    """Runs the schedule over this rank's micro-batches; returns (mean loss, token count)."""
+    dims = engine.dims
+    if len(microbatches) != dims.num_microbatches:
+        raise ValueError(
+            f"got {len(microbatches)} micro-batches, the layout needs num_microbatches "
+            f"{dims.num_microbatches} (global batch {dims.global_batch_size} / (micro batch "
+            f"{dims.micro_batch_size} * dp {dims.dp}))"
+        )
+    seq_length = microbatches[0]["tokens"].shape[1]
+    iterators: Iterator[MicroBatch] | list[Iterator[MicroBatch]]
+    if len(engine.chunks) > 1:
+        iterators = [iter(microbatches) for _ in engine.chunks]
+    else:
+        iterators = iter(microbatches)
+    step_fn = forward_step or partial(_forward_step, engine.model.vocab_size)
+    reports = get_forward_backward_func()(
+        forward_step_func=step_fn,
+        data_iterator=iterators,
+        model=engine.chunks,
+        num_microbatches=dims.num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=dims.micro_batch_size,
+        forward_only=forward_only,
+    )
+    return _reduce_report(reports)
+
+
+def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult:
+    """Zero grads, forward/backward over all micro-batches, optimizer step, LR schedule step."""
+    for chunk in engine.chunks:
+        chunk.zero_grad_buffer()
+    engine.optimizer.zero_grad()
+    loss, tokens = forward_backward(engine, microbatches)
+    update_successful, grad_norm, _ = engine.optimizer.step()
+    engine.scheduler.step(increment=1)
+    lr = engine.optimizer.param_groups[0]["lr"]
+    return StepResult(
+        loss=loss,
+        num_tokens=tokens,
+        grad_norm=None if grad_norm is None else float(grad_norm),
+        lr=float(lr),
+        update_successful=bool(update_successful),
+    )
+
+
+def split_global_batch(
+    tokens: torch.Tensor, loss_mask: torch.Tensor | None, *, engine_dims, dp_rank: int
+) -> list[MicroBatch]:
+    """This data-parallel rank's micro-batches from a global batch [G, s+1] of token ids.
+
+    Inputs are ``tokens[:, :-1]``, labels ``tokens[:, 1:]``; rank ``d`` takes rows
+    ``[d * n, (d + 1) * n)`` with ``n = micro_batch * num_microbatches``.
+    """
+    dims = engine_dims
+    if tokens.shape[0] != dims.global_batch_size:
+        raise ValueError(
+            f"global batch has {tokens.shape[0]} rows, expected global_batch_size "
+            f"{dims.global_batch_size}"
+        )
+    per_rank = dims.micro_batch_size * dims.num_microbatches
+    rows = slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
+    inputs, labels = tokens[rows, :-1], tokens[rows, 1:]
+    mask = torch.ones_like(labels) if loss_mask is None else loss_mask[rows, 1:]
+    seq = inputs.shape[1]
+    positions = torch.arange(seq).unsqueeze(0).expand(dims.micro_batch_size, -1)
+    out = []
+    for i in range(dims.num_microbatches):
+        sl = slice(i * dims.micro_batch_size, (i + 1) * dims.micro_batch_size)
+        out.append(
+            {
+                "tokens": inputs[sl].contiguous(),
+                "labels": labels[sl].contiguous(),
+                "loss_mask": mask[sl].contiguous(),
+                "position_ids": positions,
+            }
+        )
+    return out
