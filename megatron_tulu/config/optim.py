@@ -60,6 +60,11 @@ class OptimizerConfig:
                 )
         check_choice("lr_decay_style", self.lr_decay_style, LR_DECAY_STYLES)
         check_bool("use_distributed_optimizer", self.use_distributed_optimizer)
+        if self.optimizer != "adam" and self.use_distributed_optimizer:
+            raise ValueError(
+                f"optimizer {self.optimizer!r} with use_distributed_optimizer=true: megatron's "
+                "distributed optimizer supports only adam; set use_distributed_optimizer=false"
+            )
 
     def warmup_steps(self, train_steps: int) -> int:
         """Number of warmup steps for a run of ``train_steps`` steps.

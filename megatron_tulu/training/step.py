@@ -17,7 +17,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_tulu.models.logits import token_nll
+from megatron_tulu.config import ParallelDims
+from megatron_tulu.models.logits import gather_full_logits, token_nll
 from megatron_tulu.training.engine import Engine
 
 MicroBatch = dict[str, torch.Tensor]
@@ -64,37 +65,70 @@ def _reduce_report(reports: Sequence[dict[str, torch.Tensor]]) -> tuple[float, i
 
 
 def forward_backward(
-    engine: Engine,
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
     microbatches: Sequence[MicroBatch],
     *,
+    forward_step: Callable,
     forward_only: bool = False,
-    forward_step: Callable | None = None,
-) -> tuple[float, int]:
-    """Runs the schedule over this rank's micro-batches; returns (mean loss, token count)."""
-    dims = engine.dims
+) -> list[dict[str, torch.Tensor]]:
+    """Runs megatron's schedule (no pipelining, 1F1B or interleaved, chosen by the layout) over
+    this rank's micro-batches; returns the loss functions' report dicts (last stage only)."""
     if len(microbatches) != dims.num_microbatches:
         raise ValueError(
             f"got {len(microbatches)} micro-batches, the layout needs num_microbatches "
             f"{dims.num_microbatches} (global batch {dims.global_batch_size} / (micro batch "
             f"{dims.micro_batch_size} * dp {dims.dp}))"
         )
-    seq_length = microbatches[0]["tokens"].shape[1]
     iterators: Iterator[MicroBatch] | list[Iterator[MicroBatch]]
-    if len(engine.chunks) > 1:
-        iterators = [iter(microbatches) for _ in engine.chunks]
+    if len(chunks) > 1:
+        iterators = [iter(microbatches) for _ in chunks]
     else:
         iterators = iter(microbatches)
-    step_fn = forward_step or partial(_forward_step, engine.model.vocab_size)
-    reports = get_forward_backward_func()(
-        forward_step_func=step_fn,
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
         data_iterator=iterators,
-        model=engine.chunks,
+        model=list(chunks),
         num_microbatches=dims.num_microbatches,
-        seq_length=seq_length,
+        seq_length=microbatches[0]["tokens"].shape[1],
         micro_batch_size=dims.micro_batch_size,
         forward_only=forward_only,
     )
-    return _reduce_report(reports)
+
+
+def _logits_report(
+    batch: MicroBatch, vocab_size: int, output: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    full = gather_full_logits(output.detach().float(), vocab_size)
+    zero = output.new_zeros(())
+    return zero, torch.tensor(0, dtype=torch.int), {"logits": full}
+
+
+def _logits_step(vocab_size: int, data: Iterator[MicroBatch], model: torch.nn.Module):
+    batch = next(data)
+    output = model(batch["tokens"], batch["position_ids"], None)
+    return output, partial(_logits_report, batch, vocab_size)
+
+
+@torch.no_grad()
+def forward_logits(
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
+    microbatches: Sequence[MicroBatch],
+    vocab_size: int,
+) -> list[torch.Tensor] | None:
+    """Full (TP-gathered, padding removed) fp32 logits [b, s, vocab] per micro-batch, on the
+    last pipeline stage; None on other stages. For checks and evaluation of small batches."""
+    reports = forward_backward(
+        chunks,
+        dims,
+        microbatches,
+        forward_step=partial(_logits_step, vocab_size),
+        forward_only=True,
+    )
+    if not ps.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return [r["logits"] for r in reports]
 
 
 def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult:
@@ -102,7 +136,13 @@ def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult
     for chunk in engine.chunks:
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
-    loss, tokens = forward_backward(engine, microbatches)
+    reports = forward_backward(
+        engine.chunks,
+        engine.dims,
+        microbatches,
+        forward_step=partial(_forward_step, engine.model.vocab_size),
+    )
+    loss, tokens = _reduce_report(reports)
     update_successful, grad_norm, _ = engine.optimizer.step()
     engine.scheduler.step(increment=1)
     lr = engine.optimizer.param_groups[0]["lr"]
@@ -116,14 +156,13 @@ def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult
 
 
 def split_global_batch(
-    tokens: torch.Tensor, loss_mask: torch.Tensor | None, *, engine_dims, dp_rank: int
+    tokens: torch.Tensor, loss_mask: torch.Tensor | None, *, dims: ParallelDims, dp_rank: int
 ) -> list[MicroBatch]:
     """This data-parallel rank's micro-batches from a global batch [G, s+1] of token ids.
 
     Inputs are ``tokens[:, :-1]``, labels ``tokens[:, 1:]``; rank ``d`` takes rows
     ``[d * n, (d + 1) * n)`` with ``n = micro_batch * num_microbatches``.
     """
-    dims = engine_dims
     if tokens.shape[0] != dims.global_batch_size:
         raise ValueError(
             f"global batch has {tokens.shape[0]} rows, expected global_batch_size "

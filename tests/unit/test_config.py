@@ -381,3 +381,9 @@ def test_import_is_cheap() -> None:
                          check=True, cwd=root)
     assert out.stdout.strip() == "[]"
 # fmt: on
+
+
+def test_sgd_with_distributed_optimizer_is_rejected():
+    with pytest.raises(ValueError, match=r"optimizer 'sgd' with use_distributed_optimizer=true"):
+        OptimizerConfig(optimizer="sgd")
+    assert OptimizerConfig(optimizer="sgd", use_distributed_optimizer=False).optimizer == "sgd"
