@@ -27,7 +27,7 @@ class TrainingConfig:
     log_interval: int = 1
     output_dir: str = "runs/default"
     data_path: str | None = None
-    init_from_hf: str | None = None  # HF checkpoint dir / hub id to initialise weights from
+    init_from_hf: str | None = None  # local HF directory to initialise weights from
 
     def __post_init__(self) -> None:
         check_int("train_steps", self.train_steps, minimum=1)

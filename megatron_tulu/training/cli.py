@@ -1,0 +1,44 @@
+"""Training entry point: ``python -m megatron_tulu.train [--recipe FILE] [section.key=value ...]``.
+
+Runs in one process or under torchrun (any TP/PP/DP layout the recipe and world size allow)::
+
+    torchrun --nproc-per-node 2 -m megatron_tulu.train --recipe recipes/tiny-cpu.yaml parallel.tp=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="megatron_tulu.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", help="YAML recipe (default: built-in tiny recipe)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    args = parser.parse_args(argv)
+    # megatron-core warns about every missing optional CUDA extension at import time.
+    warnings.filterwarnings("ignore", module="megatron")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    from megatron_tulu.config import load_recipe
+    from megatron_tulu.training.loop import run_training
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = run_training(recipe)
+    if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
+        print(
+            f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> "
+            f"{summary.last_loss:.4f}, {summary.tokens_per_s:.0f} tokens/s; "
+            f"metrics in {summary.output_dir}/metrics.jsonl, plot {summary.output_dir}/loss.png"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

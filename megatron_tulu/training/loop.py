@@ -1,0 +1,146 @@
+"""The pretraining-style loop used by the foundation's main job: recipe in, metrics out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megatron_tulu.config import RecipeConfig, save_resolved
+from megatron_tulu.data.corpus import ByteTokenizer, write_corpus
+from megatron_tulu.data.lm_dataset import PackedTextDataset
+from megatron_tulu.models.hf_io import load_hf_weights, read_hf_config
+from megatron_tulu.models.llama import BuildOptions
+from megatron_tulu.parallel import destroy_parallel, init_parallel
+from megatron_tulu.training.engine import build_engine
+from megatron_tulu.training.metrics import MetricsWriter
+from megatron_tulu.training.progress import Progress
+from megatron_tulu.training.step import split_global_batch, train_step
+
+GENERATED_CORPUS_LINES = 20_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSummary:
+    first_loss: float
+    last_loss: float
+    steps: int
+    tokens_per_s: float
+    output_dir: str
+
+
+def _check_hf_matches(recipe: RecipeConfig) -> None:
+    hf_dir = recipe.training.init_from_hf
+    if hf_dir is None:
+        return
+    hf_model = read_hf_config(hf_dir)
+    ours = {k: v for k, v in recipe.model.__dict__.items() if k != "name"}
+    theirs = {k: v for k, v in hf_model.__dict__.items() if k != "name"}
+    diff = {k: (ours[k], theirs[k]) for k in ours if k in theirs and ours[k] != theirs[k]}
+    diff.pop("make_vocab_size_divisible_by", None)
+    diff.pop("init_method_std", None)
+    if diff:
+        shown = ", ".join(f"{k}: recipe {a!r} vs HF {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"training.init_from_hf={hf_dir!r} does not match the model: {shown}")
+
+
+def _dataset(recipe: RecipeConfig, tokenizer: ByteTokenizer) -> PackedTextDataset:
+    path = recipe.training.data_path
+    if path is None:  # generate the built-in corpus once (rank 0 writes, others wait)
+        path = str(Path(recipe.training.output_dir) / "corpus.txt")
+        if dist.get_rank() == 0:
+            write_corpus(path, GENERATED_CORPUS_LINES, seed=recipe.training.seed)
+        dist.barrier()
+    return PackedTextDataset(
+        path,
+        seq_length=recipe.training.seq_length,
+        tokenizer=tokenizer,
+        seed=recipe.training.seed,
+    )
+
+
+def run_training(recipe: RecipeConfig) -> TrainSummary:
+    """Trains per the recipe on the current ranks (torchrun or a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dims = recipe.resolve_parallel(world)
+    tcfg = recipe.training
+    _check_hf_matches(recipe)
+    tokenizer = ByteTokenizer()
+    if tokenizer.vocab_size > recipe.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size ({recipe.model.vocab_size}) is smaller than the byte tokenizer's "
+            f"{tokenizer.vocab_size} ids: use a preset with a larger vocabulary"
+        )
+    init_parallel(dims, seed=tcfg.seed)
+    try:
+        is_logger = dist.get_rank() == dist.get_world_size() - 1  # last stage knows the loss
+        writer = MetricsWriter(tcfg.output_dir, enabled=is_logger)
+        if dist.get_rank() == 0:
+            save_resolved(recipe, Path(tcfg.output_dir) / "config.yaml")
+        load = None
+        if tcfg.init_from_hf is not None:
+
+            def load(chunks):
+                return load_hf_weights(
+                    chunks,
+                    tcfg.init_from_hf,
+                    model=recipe.model,
+                    tp=dims.tp,
+                    tp_rank=ps.get_tensor_model_parallel_rank(),
+                )
+
+        engine = build_engine(
+            model=recipe.model,
+            dims=dims,
+            optimizer=recipe.optimizer,
+            train_steps=tcfg.train_steps,
+            options=BuildOptions(precision=tcfg.precision, recompute=tcfg.recompute),
+            load_weights=load,
+        )
+        data = _dataset(recipe, tokenizer)
+        dp_rank = ps.get_data_parallel_rank()
+        losses: list[float] = []
+        start = time.perf_counter()
+        total_tokens = 0
+        with Progress(tcfg.train_steps, enabled=is_logger, label="train") as bar:
+            for step in range(1, tcfg.train_steps + 1):
+                t0 = time.perf_counter()
+                rows = data.global_batch(
+                    (step - 1) * dims.global_batch_size, dims.global_batch_size
+                )
+                result = train_step(
+                    engine, split_global_batch(rows, None, dims=dims, dp_rank=dp_rank)
+                )
+                dt = time.perf_counter() - t0
+                total_tokens += result.num_tokens
+                losses.append(result.loss)
+                tps = result.num_tokens / dt
+                bar.update(loss=result.loss, tokens_per_s=tps)
+                if step % tcfg.log_interval == 0 or step == tcfg.train_steps:
+                    writer.log(
+                        step,
+                        {
+                            "loss": result.loss,
+                            "lr": result.lr,
+                            "grad_norm": result.grad_norm,
+                            "tokens": result.num_tokens,
+                            "tokens_per_s": tps,
+                            "step_time_s": dt,
+                        },
+                    )
+        elapsed = time.perf_counter() - start
+        writer.plot("loss", "loss.png", title=f"training loss ({recipe.model.name})")
+        writer.close()
+        return TrainSummary(
+            first_loss=losses[0],
+            last_loss=losses[-1],
+            steps=len(losses),
+            tokens_per_s=total_tokens / elapsed,
+            output_dir=tcfg.output_dir,
+        )
+    finally:
+        destroy_parallel()
