@@ -147,6 +147,11 @@ def build_model_chunks(
     :mod:`megatron_tulu.models.logits`.
     """
     ensure_platform()
+    if model.tie_word_embeddings:
+        raise ValueError(
+            f"model {model.name!r}: tie_word_embeddings=true is not supported (Llama 3.1 has "
+            "untied input and output embeddings); set model.tie_word_embeddings=false"
+        )
     options = options or BuildOptions()
     config = transformer_config(model, dims, options)
     stages = [None] if dims.vpp is None else list(range(dims.vpp))
