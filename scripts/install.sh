@@ -40,4 +40,4 @@ if [ "$deps" = cpu ]; then
 fi
 "$vpy" -m pip install -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
-echo "install.sh: done ($("$vpy" -c 'import torch, megatron.core as m; print("torch", torch.__version__, "megatron-core", m.__version__)'))"
+echo "install.sh: done ($(PYTHONWARNINGS=ignore "$vpy" -c 'import torch, megatron.core as m; print("torch", torch.__version__, "megatron-core", m.__version__)'))"

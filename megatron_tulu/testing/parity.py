@@ -62,6 +62,7 @@ def layout_worker(
     use_distributed_optimizer: bool | None = None,
     recompute: str = "none",
     sequence_parallel: bool = False,
+    overlap_grad_reduce: bool = False,
 ) -> LayoutRun:
     """Runs on every rank: load HF weights, forward logits of the whole batch, one train step.
 
@@ -99,6 +100,7 @@ def layout_worker(
             optimizer=opt,
             train_steps=1,
             options=BuildOptions(recompute=recompute),
+            overlap_grad_reduce=overlap_grad_reduce,
             load_weights=lambda chunks: load_hf_weights(
                 chunks, hf_dir, model=model, tp=tp, tp_rank=ps.get_tensor_model_parallel_rank()
             ),

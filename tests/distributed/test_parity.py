@@ -145,6 +145,13 @@ def test_plain_optimizer_matches_distributed_optimizer(setup):
     assert max_weight_diff(plain.weights, dist_opt.weights) <= WEIGHT_ATOL
 
 
+def test_overlapped_grad_reduce_gives_same_step(setup):
+    base = run_layout(setup, "tp2dp2")
+    run = run_layout(setup, "tp2dp2", overlap_grad_reduce=True)
+    assert run.loss == base.loss
+    assert max_weight_diff(run.weights, base.weights) <= 1e-7  # same sums, bucketed
+
+
 @pytest.mark.parametrize("recompute", ["selective", "full"])
 def test_activation_recompute_gives_same_step(setup, recompute):
     base = run_layout(setup, "tp2")
