@@ -54,7 +54,11 @@ def _entry(
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, **kwargs: Any) -> list[Any]:
-    """Calls ``fn(*args, **kwargs)`` on ``world_size`` spawned ranks; returns results by rank."""
+    """Calls ``fn(*args, **kwargs)`` on ``world_size`` spawned ranks; returns results by rank.
+
+    A rank that exits with status 0 without returning (``os._exit(0)``, a simulated kill) yields
+    None.
+    """
     with tempfile.TemporaryDirectory(prefix="mt-ranks-") as out_dir:
         port = free_port()
         ctx = mp.start_processes(
@@ -78,6 +82,6 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, **kwargs: Any
             raise RuntimeError("a rank failed:\n" + "\n".join(errors or [str(exc)])) from None
         results = []
         for rank in range(world_size):
-            status, value = pickle.loads((Path(out_dir) / f"rank{rank}.pkl").read_bytes())
-            results.append(value)
+            path = Path(out_dir) / f"rank{rank}.pkl"
+            results.append(pickle.loads(path.read_bytes())[1] if path.exists() else None)
         return results

@@ -1,0 +1,1 @@
+"""Native sharded checkpoints (megatron-core dist_checkpointing) and HF conversion."""
