@@ -33,7 +33,6 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-from megatron_tulu.checkpoint.keys import canonicalize_keys
 from megatron_tulu.checkpoint.layout import (
     META,
     MODEL_OPTIM,
@@ -76,15 +75,21 @@ def _layout(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _model_sharded_state(chunk: torch.nn.Module) -> dict[str, Any]:
+    """The chunk's sharded state without ``_extra_state`` entries: those carry Transformer
+    Engine's FP8 scaling metadata (empty for the local spec and for bf16/fp32 training), and
+    leaving them out keeps checkpoints identical across specs and conversions."""
+    return {k: v for k, v in chunk.sharded_state_dict().items() if not k.endswith("._extra_state")}
+
+
 def _sharded_state(engine: Engine, *, with_optimizer: bool, is_loading: bool) -> dict:
     chunks = engine.raw_chunks()
     model: dict[str, Any] = {}
     if len(chunks) == 1:
-        model["model"] = chunks[0].sharded_state_dict()
+        model["model"] = _model_sharded_state(chunks[0])
     else:
         for i, chunk in enumerate(chunks):
-            model[f"model{i}"] = chunk.sharded_state_dict()
-    canonicalize_keys(model)
+            model[f"model{i}"] = _model_sharded_state(chunk)
     state = dict(model)
     if with_optimizer:
         state["optimizer"] = engine.optimizer.sharded_state_dict(
@@ -260,8 +265,14 @@ def load_checkpoint(
     *,
     step: int | str | None = "latest",
     load_optimizer: bool = True,
+    weights_only: bool = False,
 ) -> ResumeState:
-    """Collective: restores model (+ optimizer, scheduler, RNG) in place; returns positions."""
+    """Collective: restores model (+ optimizer, scheduler, RNG) in place; returns positions.
+
+    ``weights_only`` loads the model weights and nothing else (initialising a new run from a
+    checkpoint); ``load_optimizer=False`` resumes weights, position and LR schedule with a
+    fresh optimizer.
+    """
     path = resolve_step_dir(root, step)
     meta = json.loads((path / META).read_text())
     if meta.get("format_version") != FORMAT_VERSION:
@@ -269,27 +280,35 @@ def load_checkpoint(
             f"{path / META}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}"
         )
     now = _layout(engine)
+    weights_only = weights_only or bool(meta.get("weights_only"))
+    if weights_only:  # a converted checkpoint, or initialising from one: weights only
+        load_optimizer = False
     _check_layout(meta["layout"], now, load_optimizer, path)
     if load_optimizer:
         _ensure_optimizer_state(engine.optimizer)
     state = _sharded_state(engine, with_optimizer=load_optimizer, is_loading=True)
     loaded = dist_checkpointing.load(state, str(path / MODEL_OPTIM))
     chunks = engine.raw_chunks()
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"], strict=True)
-    else:
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+    for i, chunk in enumerate(chunks):
+        missing, unexpected = chunk.load_state_dict(
+            loaded["model" if len(chunks) == 1 else f"model{i}"], strict=False
+        )
+        missing = [k for k in missing if not k.endswith("._extra_state")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: checkpoint does not match the model: missing "
+                f"{missing}, unexpected {unexpected}"
+            )
     if load_optimizer:
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) weights
             engine.optimizer.load_state_dict(loaded["optimizer"])
         _restore_adam_steps(engine.optimizer, loaded["optimizer"])
         engine.scheduler.load_state_dict(meta["scheduler"])
-    else:
+    elif meta["step"] and not weights_only:
         engine.scheduler.step(increment=meta["step"])  # continue the schedule from the step
     same_layout = all(meta["layout"][k] == now[k] for k in ("tp", "pp", "vpp", "dp"))
     rng_file = path / RNG_DIR / f"rank_{dist.get_rank():05d}.pt"
-    rng_restored = same_layout and rng_file.is_file()
+    rng_restored = same_layout and rng_file.is_file() and not weights_only
     if rng_restored:
         _set_rng_state(torch.load(rng_file, weights_only=False))
     _ = ps

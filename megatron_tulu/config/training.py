@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_tulu.config._validate import (
+    check_bool,
     check_choice,
     check_int,
     check_optional_str,
@@ -28,6 +29,13 @@ class TrainingConfig:
     output_dir: str = "runs/default"
     data_path: str | None = None
     init_from_hf: str | None = None  # local HF directory to initialise weights from
+    init_from_native: str | None = None  # native checkpoint root: initial weights only
+    checkpoint_dir: str | None = None  # where saves go; None means {output_dir}/checkpoints
+    save_interval: int = 0  # save every N steps and at the end; 0 saves nothing
+    keep_last: int = 3  # committed checkpoints kept (0 keeps all)
+    resume: str = "auto"  # auto (latest if any), latest (must exist), none, or a step number
+    load_optimizer: bool = True  # false: resume weights + position, fresh optimizer
+    exit_interval: int = 0  # stop (saving first) after N steps in this invocation; 0: never
 
     def __post_init__(self) -> None:
         check_int("train_steps", self.train_steps, minimum=1)
@@ -39,3 +47,22 @@ class TrainingConfig:
         check_str("output_dir", self.output_dir)
         check_optional_str("data_path", self.data_path)
         check_optional_str("init_from_hf", self.init_from_hf)
+        check_optional_str("init_from_native", self.init_from_native)
+        check_optional_str("checkpoint_dir", self.checkpoint_dir)
+        check_int("save_interval", self.save_interval, minimum=0)
+        check_int("keep_last", self.keep_last, minimum=0)
+        check_bool("load_optimizer", self.load_optimizer)
+        check_int("exit_interval", self.exit_interval, minimum=0)
+        self.resume = str(self.resume)
+        if self.resume not in ("auto", "latest", "none") and not self.resume.isdigit():
+            raise ValueError(
+                f"resume ({self.resume!r}) must be 'auto', 'latest', 'none' or a step number"
+            )
+        if self.init_from_hf is not None and self.init_from_native is not None:
+            raise ValueError(
+                f"init_from_hf ({self.init_from_hf!r}) and init_from_native "
+                f"({self.init_from_native!r}) are both set: give one source of initial weights"
+            )
+
+    def resolved_checkpoint_dir(self) -> str:
+        return self.checkpoint_dir or f"{self.output_dir.rstrip('/')}/checkpoints"

@@ -93,6 +93,34 @@ def map_param(name: str, layer_numbers: list[int] | None = None) -> ParamMapping
     raise KeyError(f"megatron parameter {name!r} has no Hugging Face mapping")
 
 
+# megatron-core's checkpoint keys (ShardedTensor keys) use the TE-style names for the two norms
+# in either spec, and stack all layers into one tensor under ``decoder.layers.<suffix>``.
+_CHECKPOINT_SUFFIX = {
+    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+    "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
+}
+LAYER_PARAM_SUFFIXES = (
+    "input_layernorm.weight",
+    "self_attention.linear_qkv.weight",
+    "self_attention.linear_proj.weight",
+    "pre_mlp_layernorm.weight",
+    "mlp.linear_fc1.weight",
+    "mlp.linear_fc2.weight",
+)
+GLOBAL_PARAM_NAMES = (
+    "embedding.word_embeddings.weight",
+    "decoder.final_layernorm.weight",
+    "output_layer.weight",
+)
+
+
+def checkpoint_key(param_suffix: str) -> str:
+    """The megatron checkpoint key of a per-layer parameter (local-spec suffix) or global one."""
+    if param_suffix in GLOBAL_PARAM_NAMES:
+        return param_suffix
+    return "decoder.layers." + _CHECKPOINT_SUFFIX.get(param_suffix, param_suffix)
+
+
 def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != shape:
         raise ValueError(

@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = run_training(recipe)
+    try:
+        summary = run_training(recipe)
+    except (ValueError, FileNotFoundError) as exc:  # bad input found after start-up
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
         print(
             f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> "

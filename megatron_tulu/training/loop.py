@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_tulu.config import RecipeConfig, save_resolved
+from megatron_tulu.checkpoint.layout import read_latest
+from megatron_tulu.checkpoint.native import load_checkpoint, save_checkpoint
+from megatron_tulu.config import RecipeConfig, recipe_to_dict, save_resolved
 from megatron_tulu.data.corpus import ByteTokenizer, write_corpus
 from megatron_tulu.data.lm_dataset import PackedTextDataset
 from megatron_tulu.models.hf_io import load_hf_weights, read_hf_config
@@ -63,6 +66,20 @@ def _dataset(recipe: RecipeConfig, tokenizer: ByteTokenizer) -> PackedTextDatase
     )
 
 
+def _resume_step(resume: str, ckpt_dir: str) -> int | str | None:
+    """What to resume from: None (start fresh), "latest" or a step number."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return "latest" if read_latest(ckpt_dir) is not None else None
+    if resume == "latest" and read_latest(ckpt_dir) is None:
+        raise FileNotFoundError(
+            f"training.resume=latest but {ckpt_dir} has no checkpoint (use resume=auto to "
+            "start fresh when there is none)"
+        )
+    return "latest" if resume == "latest" else int(resume)
+
+
 def run_training(recipe: RecipeConfig) -> TrainSummary:
     """Trains per the recipe on the current ranks (torchrun or a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -78,7 +95,9 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
     init_parallel(dims, seed=tcfg.seed)
     try:
         is_logger = dist.get_rank() == dist.get_world_size() - 1  # last stage knows the loss
-        writer = MetricsWriter(tcfg.output_dir, enabled=is_logger)
+        ckpt_dir = tcfg.resolved_checkpoint_dir()
+        resume_step = _resume_step(tcfg.resume, ckpt_dir)
+        writer = MetricsWriter(tcfg.output_dir, enabled=is_logger, append=resume_step is not None)
         if dist.get_rank() == 0:
             save_resolved(recipe, Path(tcfg.output_dir) / "config.yaml")
         load = None
@@ -103,15 +122,37 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
         )
         data = _dataset(recipe, tokenizer)
         dp_rank = ps.get_data_parallel_rank()
+        first_step, consumed = 1, 0
+        if resume_step is not None:
+            info = load_checkpoint(
+                engine, ckpt_dir, step=resume_step, load_optimizer=tcfg.load_optimizer
+            )
+            first_step, consumed = info.step + 1, info.consumed_samples
+            if first_step > tcfg.train_steps:
+                raise ValueError(
+                    f"nothing to train: resumed at step {info.step} of training.train_steps="
+                    f"{tcfg.train_steps} ({info.path}); raise train_steps to continue"
+                )
+        elif tcfg.init_from_native is not None:
+            load_checkpoint(engine, tcfg.init_from_native, weights_only=True)
         losses: list[float] = []
         start = time.perf_counter()
         total_tokens = 0
-        with Progress(tcfg.train_steps, enabled=is_logger, label="train") as bar:
-            for step in range(1, tcfg.train_steps + 1):
+        save = partial(
+            save_checkpoint,
+            engine,
+            ckpt_dir,
+            recipe=recipe_to_dict(recipe),
+            tokenizer={"type": "byte"},
+            keep_last=tcfg.keep_last or None,
+        )
+        with Progress(
+            tcfg.train_steps, enabled=is_logger, label="train", completed=first_step - 1
+        ) as bar:
+            for step in range(first_step, tcfg.train_steps + 1):
                 t0 = time.perf_counter()
-                rows = data.global_batch(
-                    (step - 1) * dims.global_batch_size, dims.global_batch_size
-                )
+                rows = data.global_batch(consumed, dims.global_batch_size)
+                consumed += dims.global_batch_size
                 result = train_step(
                     engine, split_global_batch(rows, None, dims=dims, dp_rank=dp_rank)
                 )
@@ -132,6 +173,13 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
                             "step_time_s": dt,
                         },
                     )
+                exiting = bool(tcfg.exit_interval) and step - first_step + 1 >= tcfg.exit_interval
+                if tcfg.save_interval and (
+                    step % tcfg.save_interval == 0 or step == tcfg.train_steps or exiting
+                ):
+                    save(step=step, consumed_samples=consumed)
+                if exiting:
+                    break
         elapsed = time.perf_counter() - start
         writer.plot("loss", "loss.png", title=f"training loss ({recipe.model.name})")
         writer.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 
 class MetricsWriter:
-    def __init__(self, out_dir: str | Path, *, enabled: bool) -> None:
+    def __init__(self, out_dir: str | Path, *, enabled: bool, append: bool = False) -> None:
         self.enabled = enabled
         self.dir = Path(out_dir)
         self.records: list[dict[str, Any]] = []
@@ -17,7 +17,12 @@ class MetricsWriter:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self.path.write_text("")
+        if append and self.path.exists():  # a resumed run continues the same record
+            self.records = [
+                json.loads(line) for line in self.path.read_text().splitlines() if line.strip()
+            ]
+        else:
+            self.path.write_text("")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

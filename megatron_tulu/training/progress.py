@@ -9,8 +9,9 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, *, enabled: bool, label: str) -> None:
+    def __init__(self, total: int, *, enabled: bool, label: str, completed: int = 0) -> None:
         self.enabled = enabled
+        self.completed = completed
         self.total = total
         self.label = label
         self._bar: RichProgress | None = None
@@ -25,7 +26,9 @@ class Progress:
                 TextColumn("{task.fields[stats]}"),
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.label, total=self.total, stats="")
+            self._task = self._bar.add_task(
+                self.label, total=self.total, completed=self.completed, stats=""
+            )
         return self
 
     def update(self, **stats: Any) -> None:

@@ -121,3 +121,70 @@ def test_init_from_hf_mismatch_is_refused(tmp_path):
     res = _train(tmp_path / "run", "parallel.tp=1", f"training.init_from_hf={hf_dir}")
     assert res.returncode != 0
     assert "num_layers: recipe 4 vs HF 2" in res.stderr
+
+
+def test_interrupted_and_resumed_cli_run_matches_continuous(tmp_path):
+    """train_steps=6 stopped after 3 (exit_interval, saving), relaunched: resumes from latest
+    automatically and reproduces the continuous run's losses exactly (same TP2 layout)."""
+    args = (
+        "parallel.micro_batch_size=2",
+        "parallel.global_batch_size=4",
+        "training.train_steps=6",
+        "training.seq_length=32",
+        "training.save_interval=3",
+    )
+    full = tmp_path / "full"
+    assert _train(full, *args, nproc=2).returncode == 0
+    part = tmp_path / "part"
+    first = _train(part, *args, "training.exit_interval=3", nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(_losses(part)) == 3
+    assert (part / "checkpoints" / "latest").read_text().strip() == "step_000000003"
+    second = _train(part, *args, nproc=2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _losses(part) == _losses(full)
+    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    third = _train(part, *args, nproc=2)  # nothing left to do: a clear error, not a silent 0
+    assert third.returncode != 0 and "nothing to train" in third.stderr
+
+
+def test_convert_then_train_from_native(tmp_path):
+    """HF -> native (tp2) with the conversion tool, then train from it: the first loss equals
+    training directly from the HF directory."""
+    from megatron_tulu.config import model_preset
+    from megatron_tulu.testing.parity import make_random_hf_dir
+
+    hf_dir = make_random_hf_dir(tmp_path / "hf", model_preset("tiny"))
+    native = tmp_path / "native"
+    conv = subprocess.run(
+        [
+            sys.executable,
+            "tools/convert_checkpoint.py",
+            "hf-to-native",
+            "--input",
+            str(hf_dir),
+            "--output",
+            str(native),
+            "--tp",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )
+    assert conv.returncode == 0, conv.stderr[-3000:]
+    args = (
+        "parallel.micro_batch_size=2",
+        "parallel.global_batch_size=4",
+        "training.train_steps=2",
+        "training.seq_length=32",
+    )
+    a = _train(tmp_path / "a", *args, f"training.init_from_native={native}", nproc=2)
+    b = _train(tmp_path / "b", *args, f"training.init_from_hf={hf_dir}", nproc=2)
+    assert a.returncode == 0, a.stderr[-3000:]
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")

@@ -1,0 +1,398 @@
+"""Streaming conversion between Hugging Face Llama directories and native checkpoints.
+
+Both directions hold one layer at a time (plus, when writing HF, at most one output shard of
+``max_shard_bytes``), so a 405B conversion fits on an ordinary node. Output is written into a
+temporary directory and renamed into place only when complete: a failed conversion leaves
+nothing that looks like a valid checkpoint. The tensor layouts come from
+:mod:`megatron_tulu.models.hf_mapping` (the one mapping table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_tulu.checkpoint.layout import (
+    META,
+    MODEL_OPTIM,
+    list_steps,
+    read_latest,
+    resolve_step_dir,
+    step_dir_name,
+    write_latest,
+)
+from megatron_tulu.config import ModelConfig, ParallelConfig
+from megatron_tulu.models.hf_io import (
+    SAFETENSORS_INDEX,
+    HFTensorReader,
+    hf_config_dict,
+    read_hf_config,
+)
+from megatron_tulu.models.hf_mapping import (
+    GLOBAL_PARAM_NAMES,
+    LAYER_PARAM_SUFFIXES,
+    checkpoint_key,
+    hf_to_local,
+    local_to_hf,
+    map_param,
+)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+TOKENIZER_DIR = "tokenizer"
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}
+
+
+@contextlib.contextmanager
+def single_process_group() -> Iterator[None]:
+    """A private one-process gloo world (dist_checkpointing needs torch.distributed)."""
+    import torch.distributed as dist
+
+    from megatron_tulu.platform import ensure_platform
+    from megatron_tulu.testing.spawn import free_port
+
+    ensure_platform()
+    if dist.is_initialized():
+        yield
+        return
+    store = dist.TCPStore("127.0.0.1", free_port(), 1, True)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output directory {str(path)!r} already holds {what}; pass --overwrite to replace it"
+        )
+
+
+def _hf_layer_tensors(reader: HFTensorReader, model: ModelConfig, layer: int, dtype):
+    """{checkpoint key: full (tp=1) megatron tensor} for one layer."""
+    out = {}
+    for suffix in LAYER_PARAM_SUFFIXES:
+        mapping = map_param(f"decoder.layers.{layer}.{suffix}")
+        tensors = [reader.get(n) for n in mapping.hf_names]
+        full = hf_to_local(mapping, tensors, model=model, tp=1, tp_rank=0)
+        out[checkpoint_key(suffix)] = full if dtype is None else full.to(dtype)
+    return out
+
+
+def hf_to_native(
+    hf_dir: str | Path,
+    out_root: str | Path,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    vpp: int | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """HF Llama directory -> native checkpoint root (step 0, weights only) for a TP/PP layout.
+
+    The layout fixes the padded vocabulary (a multiple of ``make_vocab_size_divisible_by * tp``);
+    the weights then load into any layout with the same padding.
+    """
+    from megatron_tulu.checkpoint.stream_writer import StreamingCheckpointWriter
+
+    model = read_hf_config(hf_dir)
+    ParallelConfig(tp=tp, pp=pp, vpp=vpp).check_model(model)
+    root = Path(out_root)
+    _refuse_existing(root, overwrite, "files (a checkpoint?)")
+    reader = HFTensorReader(hf_dir)
+    cast = DTYPES[dtype]
+    parent = root.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = parent / f".tmp-convert-{root.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        step_dir = tmp_root / step_dir_name(0)
+        with single_process_group():
+            writer = StreamingCheckpointWriter(step_dir / MODEL_OPTIM, num_layers=model.num_layers)
+            for layer in range(model.num_layers):
+                writer.write_layer(layer, _hf_layer_tensors(reader, model, layer, cast))
+            globals_ = {}
+            for name in GLOBAL_PARAM_NAMES:
+                mapping = map_param(name)
+                full = (
+                    torch.cat(
+                        [
+                            hf_to_local(
+                                mapping,
+                                [reader.get(n) for n in mapping.hf_names],
+                                model=model,
+                                tp=tp,
+                                tp_rank=r,
+                            )
+                            for r in range(tp)
+                        ]
+                    )
+                    if mapping.kind == "vocab"
+                    else reader.get(mapping.hf_names[0])
+                )
+                globals_[checkpoint_key(name)] = full if cast is None else full.to(cast)
+            writer.write_global(globals_)
+            writer.finalize()
+        tok_files = [f for f in TOKENIZER_FILES if (Path(hf_dir) / f).is_file()]
+        if tok_files:
+            (tmp_root / TOKENIZER_DIR).mkdir()
+            for f in tok_files:
+                shutil.copy2(Path(hf_dir) / f, tmp_root / TOKENIZER_DIR / f)
+        for extra in ("generation_config.json",):
+            if (Path(hf_dir) / extra).is_file():
+                shutil.copy2(Path(hf_dir) / extra, tmp_root / extra)
+        meta = {
+            "format_version": 1,
+            "step": 0,
+            "consumed_samples": 0,
+            "weights_only": True,
+            "layout": {
+                "tp": tp,
+                "pp": pp,
+                "vpp": vpp,
+                "dp": None,
+                "world_size": None,
+                "padded_vocab_size": model.padded_vocab_size(tp),
+                "distributed_optimizer": None,
+            },
+            "model": model.__dict__,
+            "tokenizer": {"dir": TOKENIZER_DIR} if tok_files else None,
+            "source": {"hf_dir": str(Path(hf_dir).resolve())},
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (step_dir / META).write_text(json.dumps(meta, indent=2, default=str))
+        write_latest(tmp_root, 0)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp_root, root)
+    except BaseException:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    return root
+
+
+class _SliceRequest:
+    """Asks PyTorch DCP for one slice of a saved global tensor (the DTensor-style protocol):
+    a chunk at ``offsets`` of ``buffer.shape``, read straight into ``buffer``."""
+
+    def __init__(self, buffer: torch.Tensor, offsets: tuple[int, ...]) -> None:
+        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+        self.buffer = buffer
+        self._chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=buffer.shape)
+
+    def __create_chunk_list__(self):
+        return [self._chunk]
+
+    def __get_tensor_shard__(self, index):
+        return self.buffer
+
+
+def _slice_planner():
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class _SliceLoadPlanner(DefaultLoadPlanner):
+        """DefaultLoadPlanner minus its state-dict normalisation, which drops objects that are
+        not tensors (our :class:`_SliceRequest`)."""
+
+        def set_up_planner(self, state_dict, metadata=None, is_coordinator=False):
+            self.original_state_dict = state_dict
+            self.state_dict = state_dict
+            self.metadata = metadata
+            self.is_coordinator = is_coordinator
+
+        def lookup_tensor(self, index):
+            return self.state_dict[index.fqn].buffer
+
+    return _SliceLoadPlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+
+def _load_piece(
+    ckpt_dir: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, layer: int | None
+) -> torch.Tensor:
+    """Global tensor ``key`` (layer is None) or its layer ``layer`` slice, nothing more."""
+    import torch.distributed.checkpoint as dcp
+
+    if layer is None:
+        buffer = torch.empty(shape, dtype=dtype)
+        request = _SliceRequest(buffer, (0,) * len(shape))
+    else:
+        buffer = torch.empty((1, *shape), dtype=dtype)
+        request = _SliceRequest(buffer, (layer,) + (0,) * len(shape))
+    dcp.load(
+        {key: request},
+        storage_reader=dcp.FileSystemReader(str(ckpt_dir)),
+        planner=_slice_planner(),
+        no_dist=True,
+    )
+    return buffer if layer is None else buffer[0]
+
+
+def native_to_hf(
+    native_root: str | Path,
+    out_dir: str | Path,
+    *,
+    step: int | str | None = "latest",
+    dtype: str | None = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = 2 * 1024**3,
+) -> Path:
+    """Native checkpoint (any layout, training or converted) -> HF Llama directory."""
+    from megatron.core import dist_checkpointing
+    from safetensors.torch import save_file
+
+    step_dir = resolve_step_dir(native_root, step)
+    meta = json.loads((step_dir / META).read_text())
+    model = ModelConfig(**meta["model"])
+    padded = int(meta["layout"]["padded_vocab_size"])
+    out = Path(out_dir)
+    _refuse_existing(out, overwrite, "files")
+    cast = DTYPES[dtype]
+    ckpt = step_dir / MODEL_OPTIM
+    tmp = out.parent / f".tmp-export-{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        with single_process_group():
+            saved = dist_checkpointing.load_tensors_metadata(str(ckpt))
+            files: list[tuple[str, list[str]]] = []
+            pending: dict[str, torch.Tensor] = {}
+            pending_bytes = 0
+
+            def flush() -> None:
+                nonlocal pending, pending_bytes
+                if pending:
+                    name = f"part-{len(files):05d}.safetensors"
+                    save_file(pending, str(tmp / name), metadata={"format": "pt"})
+                    files.append((name, list(pending)))
+                    pending, pending_bytes = {}, 0
+
+            def add(hf_tensors: dict[str, torch.Tensor]) -> None:
+                nonlocal pending_bytes
+                for name, t in hf_tensors.items():
+                    t = (t if cast is None else t.to(cast)).contiguous()
+                    pending[name] = t
+                    pending_bytes += t.numel() * t.element_size()
+                if pending_bytes >= max_shard_bytes:
+                    flush()
+
+            def piece(key: str, layer: int | None) -> torch.Tensor:
+                if key not in saved:
+                    raise KeyError(f"{ckpt}: checkpoint has no tensor {key!r}")
+                info = saved[key]
+                shape = (
+                    tuple(info.global_shape)[1:] if layer is not None else tuple(info.global_shape)
+                )
+                return _load_piece(ckpt, key, shape, info.dtype, layer)
+
+            for name in ("embedding.word_embeddings.weight",):
+                mapping = map_param(name)
+                full = piece(checkpoint_key(name), None)
+                if full.shape[0] != padded:
+                    raise ValueError(
+                        f"{ckpt}: {name} has {full.shape[0]} rows, meta.json "
+                        f"says the padded vocabulary is {padded}"
+                    )
+                add(
+                    dict(
+                        zip(
+                            mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True
+                        )
+                    )
+                )
+            for layer in range(model.num_layers):
+                for suffix in LAYER_PARAM_SUFFIXES:
+                    mapping = map_param(f"decoder.layers.{layer}.{suffix}")
+                    full = piece(checkpoint_key(suffix), layer)
+                    add(
+                        dict(
+                            zip(
+                                mapping.hf_names,
+                                local_to_hf(mapping, [full], model=model),
+                                strict=True,
+                            )
+                        )
+                    )
+            for name in ("decoder.final_layernorm.weight", "output_layer.weight"):
+                mapping = map_param(name)
+                full = piece(checkpoint_key(name), None)
+                add(
+                    dict(
+                        zip(
+                            mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True
+                        )
+                    )
+                )
+            flush()
+        _write_hf_metadata(tmp, files, model, meta, step_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_hf_metadata(
+    tmp: Path,
+    files: list[tuple[str, list[str]]],
+    model: ModelConfig,
+    meta: dict[str, Any],
+    step_dir: Path,
+) -> None:
+    n = len(files)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, (old, names) in enumerate(files):
+        new = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        os.replace(tmp / old, tmp / new)
+        weight_map.update({name: new for name in names})
+        total += (tmp / new).stat().st_size
+    (tmp / SAFETENSORS_INDEX).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    dtypes = set()
+    from safetensors import safe_open
+
+    with safe_open(tmp / weight_map["model.norm.weight"], framework="pt") as f:
+        dtypes.add(f.get_tensor("model.norm.weight").dtype)
+    dtype = "bfloat16" if dtypes == {torch.bfloat16} else "float32"
+    (tmp / "config.json").write_text(json.dumps(hf_config_dict(model, dtype=dtype), indent=2))
+    root = step_dir.parent
+    gen = root / "generation_config.json"
+    if gen.is_file():
+        shutil.copy2(gen, tmp / "generation_config.json")
+    else:
+        cfg = hf_config_dict(model)
+        (tmp / "generation_config.json").write_text(
+            json.dumps(
+                {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}, indent=2
+            )
+        )
+    tok = meta.get("tokenizer") or {}
+    tok_dir = root / tok["dir"] if isinstance(tok, dict) and tok.get("dir") else None
+    if tok_dir is not None and tok_dir.is_dir():
+        for f in tok_dir.iterdir():
+            shutil.copy2(f, tmp / f.name)
+
+
+def describe_root(root: str | Path) -> dict[str, Any]:
+    return {"latest": read_latest(root), "steps": list_steps(root)}
