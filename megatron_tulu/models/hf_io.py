@@ -105,8 +105,11 @@ class HFTensorReader:
             }
         elif (self.root / SAFETENSORS_SINGLE).is_file():
             single = self.root / SAFETENSORS_SINGLE
-            with safe_open(single, framework="pt") as f:
-                self.files = {name: single for name in f.keys()}
+            try:
+                with safe_open(single, framework="pt") as f:
+                    self.files = {name: single for name in f.keys()}
+            except Exception as exc:
+                raise ValueError(f"{single}: not a readable safetensors file: {exc}") from exc
         else:
             raise FileNotFoundError(
                 f"{self.root}: neither {SAFETENSORS_INDEX} nor {SAFETENSORS_SINGLE} found"
@@ -118,8 +121,11 @@ class HFTensorReader:
             raise KeyError(f"{self.root}: tensor {name!r} is missing from the checkpoint")
         if not path.is_file():
             raise FileNotFoundError(f"{path} (listed for tensor {name!r}) does not exist")
-        with safe_open(path, framework="pt") as f:
-            return f.get_tensor(name)
+        try:
+            with safe_open(path, framework="pt") as f:
+                return f.get_tensor(name)
+        except Exception as exc:  # a truncated or corrupted file: name it
+            raise ValueError(f"{path}: cannot read tensor {name!r}: {exc}") from exc
 
 
 def _layer_numbers(chunk: torch.nn.Module) -> list[int]:
