@@ -9,13 +9,11 @@ nothing that looks like a valid checkpoint. The tensor layouts come from
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from megatron_tulu.models.hf_mapping import (
     GLOBAL_PARAM_NAMES,
     LAYER_PARAM_SUFFIXES,
     checkpoint_key,
+    expected_hf_shapes,
     hf_to_local,
     local_to_hf,
     map_param,
@@ -55,26 +54,6 @@ TOKENIZER_FILES = (
 )
 TOKENIZER_DIR = "tokenizer"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}
-
-
-@contextlib.contextmanager
-def single_process_group() -> Iterator[None]:
-    """A private one-process gloo world (dist_checkpointing needs torch.distributed)."""
-    import torch.distributed as dist
-
-    from megatron_tulu.platform import ensure_platform
-    from megatron_tulu.testing.spawn import free_port
-
-    ensure_platform()
-    if dist.is_initialized():
-        yield
-        return
-    store = dist.TCPStore("127.0.0.1", free_port(), 1, True)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -125,32 +104,24 @@ def hf_to_native(
     tmp_root = parent / f".tmp-convert-{root.name}-{uuid.uuid4().hex[:8]}"
     try:
         step_dir = tmp_root / step_dir_name(0)
-        with single_process_group():
-            writer = StreamingCheckpointWriter(step_dir / MODEL_OPTIM, num_layers=model.num_layers)
-            for layer in range(model.num_layers):
-                writer.write_layer(layer, _hf_layer_tensors(reader, model, layer, cast))
-            globals_ = {}
-            for name in GLOBAL_PARAM_NAMES:
-                mapping = map_param(name)
-                full = (
-                    torch.cat(
-                        [
-                            hf_to_local(
-                                mapping,
-                                [reader.get(n) for n in mapping.hf_names],
-                                model=model,
-                                tp=tp,
-                                tp_rank=r,
-                            )
-                            for r in range(tp)
-                        ]
-                    )
-                    if mapping.kind == "vocab"
-                    else reader.get(mapping.hf_names[0])
+        writer = StreamingCheckpointWriter(step_dir / MODEL_OPTIM, num_layers=model.num_layers)
+        for layer in range(model.num_layers):
+            writer.write_layer(layer, _hf_layer_tensors(reader, model, layer, cast))
+        for name in GLOBAL_PARAM_NAMES:  # one piece each: at most one big tensor held
+            mapping = map_param(name)
+            full = reader.get(mapping.hf_names[0])
+            (shape,) = expected_hf_shapes(model, mapping)
+            if tuple(full.shape) != shape:
+                raise ValueError(
+                    f"Hugging Face tensor {mapping.hf_names[0]!r} has shape "
+                    f"{tuple(full.shape)}, expected {shape} for this model config"
                 )
-                globals_[checkpoint_key(name)] = full if cast is None else full.to(cast)
-            writer.write_global(globals_)
-            writer.finalize()
+            if mapping.kind == "vocab":  # pad with zero rows, once
+                pad = model.padded_vocab_size(tp) - full.shape[0]
+                full = torch.cat([full, full.new_zeros(pad, full.shape[1])]) if pad else full
+            writer.write_global({checkpoint_key(name): full if cast is None else full.to(cast)})
+            del full
+        writer.finalize()
         tok_files = [f for f in TOKENIZER_FILES if (Path(hf_dir) / f).is_file()]
         if tok_files:
             (tmp_root / TOKENIZER_DIR).mkdir()
@@ -256,8 +227,9 @@ def native_to_hf(
     max_shard_bytes: int = 2 * 1024**3,
 ) -> Path:
     """Native checkpoint (any layout, training or converted) -> HF Llama directory."""
-    from megatron.core import dist_checkpointing
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     step_dir = resolve_step_dir(native_root, step)
     meta = json.loads((step_dir / META).read_text())
@@ -270,77 +242,62 @@ def native_to_hf(
     tmp = out.parent / f".tmp-export-{out.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        with single_process_group():
-            saved = dist_checkpointing.load_tensors_metadata(str(ckpt))
-            files: list[tuple[str, list[str]]] = []
-            pending: dict[str, torch.Tensor] = {}
-            pending_bytes = 0
+        saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+        files: list[tuple[str, list[str]]] = []
+        pending: dict[str, torch.Tensor] = {}
+        pending_bytes = 0
 
-            def flush() -> None:
-                nonlocal pending, pending_bytes
-                if pending:
-                    name = f"part-{len(files):05d}.safetensors"
-                    save_file(pending, str(tmp / name), metadata={"format": "pt"})
-                    files.append((name, list(pending)))
-                    pending, pending_bytes = {}, 0
+        def flush() -> None:
+            nonlocal pending, pending_bytes
+            if pending:
+                name = f"part-{len(files):05d}.safetensors"
+                save_file(pending, str(tmp / name), metadata={"format": "pt"})
+                files.append((name, list(pending)))
+                pending, pending_bytes = {}, 0
 
-            def add(hf_tensors: dict[str, torch.Tensor]) -> None:
-                nonlocal pending_bytes
-                for name, t in hf_tensors.items():
-                    t = (t if cast is None else t.to(cast)).contiguous()
-                    pending[name] = t
-                    pending_bytes += t.numel() * t.element_size()
-                if pending_bytes >= max_shard_bytes:
-                    flush()
+        def add(hf_tensors: dict[str, torch.Tensor]) -> None:
+            nonlocal pending_bytes
+            for name, t in hf_tensors.items():
+                t = (t if cast is None else t.to(cast)).contiguous()
+                pending[name] = t
+                pending_bytes += t.numel() * t.element_size()
+            if pending_bytes >= max_shard_bytes:
+                flush()
 
-            def piece(key: str, layer: int | None) -> torch.Tensor:
-                if key not in saved:
-                    raise KeyError(f"{ckpt}: checkpoint has no tensor {key!r}")
-                info = saved[key]
-                shape = (
-                    tuple(info.global_shape)[1:] if layer is not None else tuple(info.global_shape)
+        def piece(key: str, layer: int | None) -> torch.Tensor:
+            info = saved.get(key)
+            if not isinstance(info, TensorStorageMetadata):
+                raise KeyError(f"{ckpt}: checkpoint has no tensor {key!r}")
+            shape = tuple(info.size)[1:] if layer is not None else tuple(info.size)
+            return _load_piece(ckpt, key, shape, info.properties.dtype, layer)
+
+        for name in ("embedding.word_embeddings.weight",):
+            mapping = map_param(name)
+            full = piece(checkpoint_key(name), None)
+            if full.shape[0] != padded:
+                raise ValueError(
+                    f"{ckpt}: {name} has {full.shape[0]} rows, meta.json "
+                    f"says the padded vocabulary is {padded}"
                 )
-                return _load_piece(ckpt, key, shape, info.dtype, layer)
-
-            for name in ("embedding.word_embeddings.weight",):
-                mapping = map_param(name)
-                full = piece(checkpoint_key(name), None)
-                if full.shape[0] != padded:
-                    raise ValueError(
-                        f"{ckpt}: {name} has {full.shape[0]} rows, meta.json "
-                        f"says the padded vocabulary is {padded}"
-                    )
+            add(dict(zip(mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True)))
+        for layer in range(model.num_layers):
+            for suffix in LAYER_PARAM_SUFFIXES:
+                mapping = map_param(f"decoder.layers.{layer}.{suffix}")
+                full = piece(checkpoint_key(suffix), layer)
                 add(
                     dict(
                         zip(
-                            mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True
+                            mapping.hf_names,
+                            local_to_hf(mapping, [full], model=model),
+                            strict=True,
                         )
                     )
                 )
-            for layer in range(model.num_layers):
-                for suffix in LAYER_PARAM_SUFFIXES:
-                    mapping = map_param(f"decoder.layers.{layer}.{suffix}")
-                    full = piece(checkpoint_key(suffix), layer)
-                    add(
-                        dict(
-                            zip(
-                                mapping.hf_names,
-                                local_to_hf(mapping, [full], model=model),
-                                strict=True,
-                            )
-                        )
-                    )
-            for name in ("decoder.final_layernorm.weight", "output_layer.weight"):
-                mapping = map_param(name)
-                full = piece(checkpoint_key(name), None)
-                add(
-                    dict(
-                        zip(
-                            mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True
-                        )
-                    )
-                )
-            flush()
+        for name in ("decoder.final_layernorm.weight", "output_layer.weight"):
+            mapping = map_param(name)
+            full = piece(checkpoint_key(name), None)
+            add(dict(zip(mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True)))
+        flush()
         _write_hf_metadata(tmp, files, model, meta, step_dir)
         if out.exists():
             shutil.rmtree(out)

@@ -1,7 +1,8 @@
 """Write one megatron-core ``torch_dist`` checkpoint piece by piece, in a single process.
 
-``dist_checkpointing.save`` wants the whole sharded state dict at once. Conversion must hold one
-layer at a time, so every piece is saved as a small, complete checkpoint of its own:
+``dist_checkpointing.save`` wants the whole sharded state dict at once (and starts helper
+processes). Conversion must hold one layer at a time, so every piece is saved with plain
+PyTorch DCP as a small, complete checkpoint of its own:
 - a *global* piece holds whole tensors (embedding, final norm, output layer);
 - a *layer* piece holds layer ``i``'s tensors, each saved as a stacked tensor with a leading
   dimension of one.
@@ -12,21 +13,23 @@ sharded save of the stacked ``decoder.layers.*`` tensors records. The result is 
 torch_dist checkpoint: any TP/PP layout loads it with ``dist_checkpointing.load``, reading only
 the slices it needs.
 
-Needs ``torch.distributed`` initialised (a world of one process is enough).
+A torch_dist checkpoint is a DCP checkpoint keyed by ShardedTensor key, plus megatron's
+``metadata.json`` (the backend names) and ``common.pt`` (non-tensor state: empty here); both are
+written by :meth:`finalize`. No process group is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import shutil
 from pathlib import Path
 
 import torch
-from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.mapping import ShardedTensor
-from torch.distributed.checkpoint import FileSystemReader
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
@@ -35,6 +38,12 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 _DCP_METADATA = ".metadata"
+MEGATRON_METADATA = {
+    "sharded_backend": "torch_dist",
+    "sharded_backend_version": 1,
+    "common_backend": "torch",
+    "common_backend_version": 1,
+}
 
 
 class StreamingCheckpointWriter:
@@ -50,30 +59,19 @@ class StreamingCheckpointWriter:
 
     def write_global(self, tensors: dict[str, torch.Tensor]) -> None:
         """Whole (unsharded) tensors by checkpoint key."""
-        self._write(
-            {
-                k: ShardedTensor.from_rank_offsets(k, t.contiguous(), replica_id=0)
-                for k, t in tensors.items()
-            },
-            layer=None,
-        )
+        self._write({k: t.contiguous() for k, t in tensors.items()}, layer=None)
 
     def write_layer(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Layer ``layer``'s slice of stacked tensors ``key -> [layer dims...]``."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} is outside [0, {self.num_layers})")
-        self._write(
-            {
-                k: ShardedTensor.from_rank_offsets(k, t.contiguous()[None], replica_id=0)
-                for k, t in tensors.items()
-            },
-            layer=layer,
-        )
+        self._write({k: t.contiguous()[None] for k, t in tensors.items()}, layer=layer)
 
-    def _write(self, sharded: dict[str, ShardedTensor], layer: int | None) -> None:
+    def _write(self, tensors: dict[str, torch.Tensor], layer: int | None) -> None:
         part = self._parts / f"{self._count:05d}"
         part.mkdir()
-        dist_checkpointing.save(sharded, str(part))
+        writer = FileSystemWriter(str(part), single_file_per_rank=True, thread_count=1)
+        dcp.save(tensors, storage_writer=writer, no_dist=True)
         meta = FileSystemReader(str(part)).read_metadata()
         renames = {
             info.relative_path: f"p{self._count:05d}{info.relative_path}"
@@ -106,9 +104,6 @@ class StreamingCheckpointWriter:
                     raise ValueError(f"layer {layer} of {fqn!r} written twice")
                 seen.add(layer)
         if self._merged is None:
-            for name in os.listdir(part):  # megatron's metadata.json and common.pt
-                if name != _DCP_METADATA:
-                    shutil.copy2(part / name, self.out / name)
             self._merged = meta
         else:
             self._merge(meta)
@@ -151,5 +146,7 @@ class StreamingCheckpointWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.out / _DCP_METADATA)
+        (self.out / "metadata.json").write_text(json.dumps(MEGATRON_METADATA))
+        torch.save({}, self.out / "common.pt")
         shutil.rmtree(self._parts)
         return self.out

@@ -1,0 +1,1 @@
+"""The training engine: DDP + optimizer + LR schedule, the step, the loop, the CLI."""
