@@ -125,7 +125,7 @@ def _train_and_save(root: str, tp: int, pp: int):
         destroy_parallel()
 
 
-def _logits(root: str, tp: int, pp: int):
+def _logits(root: str, tp: int, pp: int, vpp: int | None = None):
     import os
 
     from megatron_tulu.checkpoint.native import load_checkpoint
@@ -133,7 +133,7 @@ def _logits(root: str, tp: int, pp: int):
     from megatron_tulu.training.engine import build_engine
     from megatron_tulu.training.step import forward_logits, split_global_batch
 
-    dims = ParallelConfig(tp=tp, pp=pp, global_batch_size=4).resolve(
+    dims = ParallelConfig(tp=tp, pp=pp, vpp=vpp, global_batch_size=4).resolve(
         int(os.environ["WORLD_SIZE"]), MODEL
     )
     init_parallel(dims, seed=0)
@@ -165,6 +165,9 @@ def test_native_tp2_to_hf_to_native_pp2_gives_identical_logits(tmp_path):
     # Against the TP2 layout the checkpoint was trained in: reduction order only.
     original_at_tp2 = _last(run_ranks(_logits, 2, trained, 2, 1))
     assert (original_at_tp2 - converted_at_pp2).abs().max().item() <= 1e-5
+    # And into an interleaved layout (virtual pipeline stages) from the same files.
+    at_vpp = _last(run_ranks(_logits, 2, str(pp2), 1, 2, 2))
+    assert (at_vpp - converted_at_pp2).abs().max().item() <= 1e-5
 
 
 def _no_leftovers(parent: Path, name: str) -> None:
