@@ -9,11 +9,13 @@ nothing that looks like a valid checkpoint. The tensor layouts come from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,24 @@ TOKENIZER_FILES = (
 )
 TOKENIZER_DIR = "tokenizer"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}
+
+
+@contextlib.contextmanager
+def _staged_output(final: Path, kind: str) -> Iterator[Path]:
+    """Yields a fresh temporary directory beside ``final``; renames it to ``final`` when the
+    block succeeds and deletes it when the block fails, so a failed conversion leaves nothing
+    that looks like a valid output."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{kind}-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():  # only reached with overwrite=True (checked before)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -99,10 +119,7 @@ def hf_to_native(
     _refuse_existing(root, overwrite, "files (a checkpoint?)")
     reader = HFTensorReader(hf_dir)
     cast = DTYPES[dtype]
-    parent = root.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = parent / f".tmp-convert-{root.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with _staged_output(root, "convert") as tmp_root:
         step_dir = tmp_root / step_dir_name(0)
         writer = StreamingCheckpointWriter(step_dir / MODEL_OPTIM, num_layers=model.num_layers)
         for layer in range(model.num_layers):
@@ -151,12 +168,6 @@ def hf_to_native(
         }
         (step_dir / META).write_text(json.dumps(meta, indent=2, default=str))
         write_latest(tmp_root, 0)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp_root, root)
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
     return root
 
 
@@ -239,9 +250,7 @@ def native_to_hf(
     _refuse_existing(out, overwrite, "files")
     cast = DTYPES[dtype]
     ckpt = step_dir / MODEL_OPTIM
-    tmp = out.parent / f".tmp-export-{out.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with _staged_output(out, "export") as tmp:
         saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
         files: list[tuple[str, list[str]]] = []
         pending: dict[str, torch.Tensor] = {}
@@ -299,12 +308,6 @@ def native_to_hf(
             add(dict(zip(mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True)))
         flush()
         _write_hf_metadata(tmp, files, model, meta, step_dir)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
