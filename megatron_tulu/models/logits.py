@@ -1,8 +1,10 @@
-"""Vocabulary-parallel logits helpers: padding mask, token NLL, gathering for checks.
+"""Vocabulary-parallel logits helpers: token NLL (through :mod:`megatron_tulu.ops`), the
+padding mask, gathering for checks.
 
 Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * tp``. Padded
-columns hold real (trainable) output rows, so their logits are set to -inf here before any
-softmax: they never take part in a loss, a log-prob or a sampling distribution.
+columns hold real (trainable) output rows; they never take part in a loss, a log-prob or a
+sampling distribution (the ops exclude them; :func:`mask_padded_logits` sets them to -inf
+where full logits are needed).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 
 def mask_padded_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -24,9 +25,15 @@ def mask_padded_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Per-token negative log-likelihood from vocab-parallel logits [b, s, V/t] -> [b, s] fp32."""
-    masked = mask_padded_logits(logits.float(), vocab_size)
-    return vocab_parallel_cross_entropy(masked, labels)
+    """Per-token negative log-likelihood from vocab-parallel logits [b, s, V/t] -> [b, s] fp32.
+
+    Through the project's log-prob op (Triton on CUDA, chunked torch on CPU): logits are never
+    gathered over TP and no [tokens, V] softmax is kept for backward."""
+    from megatron_tulu.ops import token_logprobs
+
+    return -token_logprobs(
+        logits, labels, vocab_size=vocab_size, tp_group=ps.get_tensor_model_parallel_group()
+    )
 
 
 def gather_full_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -10,6 +10,16 @@ import torch
 from megatron_tulu.config import ModelConfig, OptimizerConfig, ParallelConfig
 
 
+def _die() -> None:
+    """Ends this rank like a scheduler kill: its helper processes (megatron's checkpoint
+    writer manager) go with it, then the rank exits without any cleanup."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        child.kill()
+    os._exit(0)
+
+
 def train_worker(
     *,
     model: ModelConfig,
@@ -70,7 +80,7 @@ def train_worker(
             losses[step] = (result.loss, result.lr)
             if step in save_at:
                 if fault_phase is not None and step == max(save_at):
-                    native.FAULT_HOOK = lambda phase: os._exit(0) if phase == fault_phase else None
+                    native.FAULT_HOOK = lambda phase: _die() if phase == fault_phase else None
                 try:
                     save_checkpoint(
                         engine, Path(ckpt_root), step=step, consumed_samples=consumed, keep_last=2
@@ -78,9 +88,9 @@ def train_worker(
                 except RuntimeError:
                     if fault_phase is None:
                         raise
-                    os._exit(0)  # a peer died in the save: the job is gone (as under Slurm)
+                    _die()  # a peer died in the save: the job is gone (as under Slurm)
                 if die_after_save and step == max(save_at):
-                    os._exit(0)
+                    _die()
         weights = gather_hf_state_dict(engine.raw_chunks(), model=model)
         return {
             "losses": losses,

@@ -1,0 +1,21 @@
+"""Per-token log-probs, entropy and KL for the trainers (dispatches to ``kernels/``)."""
+
+from megatron_tulu.ops.logprobs import (
+    BACKEND_ENV,
+    LinearLogprobsOutput,
+    entropy,
+    kl,
+    linear_logprobs,
+    resolve_backend,
+    token_logprobs,
+)
+
+__all__ = [
+    "BACKEND_ENV",
+    "LinearLogprobsOutput",
+    "entropy",
+    "kl",
+    "linear_logprobs",
+    "resolve_backend",
+    "token_logprobs",
+]
