@@ -1,5 +1,5 @@
-"""Vocabulary-parallel logits helpers: token NLL (through :mod:`megatron_tulu.ops`), the
-padding mask, gathering for checks.
+"""Vocabulary-parallel logits helpers: the padding mask and gathering for checks (losses and
+log-probs go through :mod:`megatron_tulu.ops`).
 
 Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * tp``. Padded
 columns hold real (trainable) output rows; they never take part in a loss, a log-prob or a
@@ -22,18 +22,6 @@ def mask_padded_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         return logits
     col = torch.arange(start, start + shard, device=logits.device)
     return logits.masked_fill(col >= vocab_size, float("-inf"))
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Per-token negative log-likelihood from vocab-parallel logits [b, s, V/t] -> [b, s] fp32.
-
-    Through the project's log-prob op (Triton on CUDA, chunked torch on CPU): logits are never
-    gathered over TP and no [tokens, V] softmax is kept for backward."""
-    from megatron_tulu.ops import token_logprobs
-
-    return -token_logprobs(
-        logits, labels, vocab_size=vocab_size, tp_group=ps.get_tensor_model_parallel_group()
-    )
 
 
 def gather_full_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

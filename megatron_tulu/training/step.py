@@ -18,50 +18,40 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_tulu.config import ParallelDims
-from megatron_tulu.models.logits import gather_full_logits, token_nll
+from megatron_tulu.models.logits import gather_full_logits
 from megatron_tulu.training.engine import Engine
-
-MicroBatch = dict[str, torch.Tensor]
+from megatron_tulu.training.forward_steps import MicroBatch, forward_model, sft_forward_step
 
 
 @dataclass(frozen=True, kw_only=True)
 class StepResult:
-    loss: float  # mean token loss over the global batch
-    num_tokens: int  # loss-carrying tokens in the global batch
+    loss: float  # report sum / count over the global batch (mean token loss by default)
+    num_tokens: int  # the report's count (loss-carrying tokens by default; pairs for DPO)
     grad_norm: float | None
     lr: float
     update_successful: bool
+    totals: tuple[float, ...] = ()  # the whole summed report vector
 
 
-def _lm_loss(
-    batch: MicroBatch, vocab_size: int, output: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    nll = token_nll(output, batch["labels"], vocab_size)  # [b, s] fp32
-    mask = batch["loss_mask"].to(nll.dtype)
-    loss_sum = (nll * mask).sum()
-    num_tokens = mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
-    return loss_sum, num_tokens, {"lm loss": report}
-
-
-def _forward_step(vocab_size: int, data: Iterator[MicroBatch], model: torch.nn.Module):
-    batch = next(data)
-    output = model(batch["tokens"], batch["position_ids"], None)
-    return output, partial(_lm_loss, batch, vocab_size)
-
-
-def _reduce_report(reports: Sequence[dict[str, torch.Tensor]]) -> tuple[float, int]:
-    """(mean loss, tokens) over micro-batches and data-parallel ranks, known on every rank."""
-    total = torch.zeros(2, dtype=torch.float64)
+def reduce_report(reports: Sequence[dict[str, torch.Tensor]], key: str) -> list[float]:
+    """Sums report vectors ``key`` over micro-batches and data-parallel ranks (on the last
+    pipeline stage, where losses exist) and broadcasts the totals to every rank."""
+    total: torch.Tensor | None = None
     for report in reports:
-        total += report["lm loss"].to(torch.float64).cpu()
+        value = report[key].detach().to(torch.float64).cpu().reshape(-1)
+        total = value if total is None else total + value
+    width = torch.tensor([0 if total is None else total.numel()], dtype=torch.int64)
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        last = ps.get_pipeline_model_parallel_last_rank()
+        dist.broadcast(width, src=last, group=ps.get_pipeline_model_parallel_group())
+    if total is None:
+        total = torch.zeros(int(width.item()), dtype=torch.float64)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         dist.all_reduce(total, group=ps.get_data_parallel_group())
     if ps.get_pipeline_model_parallel_world_size() > 1:
         last = ps.get_pipeline_model_parallel_last_rank()
         dist.broadcast(total, src=last, group=ps.get_pipeline_model_parallel_group())
-    tokens = int(total[1].item())
-    return (total[0].item() / max(tokens, 1)), tokens
+    return total.tolist()
 
 
 def forward_backward(
@@ -106,8 +96,7 @@ def _logits_report(
 
 def _logits_step(vocab_size: int, data: Iterator[MicroBatch], model: torch.nn.Module):
     batch = next(data)
-    output = model(batch["tokens"], batch["position_ids"], None)
-    return output, partial(_logits_report, batch, vocab_size)
+    return forward_model(model, batch), partial(_logits_report, batch, vocab_size)
 
 
 @torch.no_grad()
@@ -131,8 +120,18 @@ def forward_logits(
     return [r["logits"] for r in reports]
 
 
-def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult:
-    """Zero grads, forward/backward over all micro-batches, optimizer step, LR schedule step."""
+def train_step(
+    engine: Engine,
+    microbatches: Sequence[MicroBatch],
+    *,
+    forward_step: Callable | None = None,
+    report_key: str = "lm loss",
+) -> StepResult:
+    """Zero grads, forward/backward over all micro-batches, optimizer step, LR schedule step.
+
+    ``forward_step`` defaults to the token loss with mean reduction; its loss function's report
+    ``report_key`` must start with [loss sum, count] (``StepResult.loss`` = sum / count).
+    """
     for chunk in engine.chunks:
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
@@ -140,18 +139,19 @@ def train_step(engine: Engine, microbatches: Sequence[MicroBatch]) -> StepResult
         engine.chunks,
         engine.dims,
         microbatches,
-        forward_step=partial(_forward_step, engine.model.vocab_size),
+        forward_step=forward_step or sft_forward_step(engine.model.vocab_size),
     )
-    loss, tokens = _reduce_report(reports)
+    totals = reduce_report(reports, report_key)
     update_successful, grad_norm, _ = engine.optimizer.step()
     engine.scheduler.step(increment=1)
     lr = engine.optimizer.param_groups[0]["lr"]
     return StepResult(
-        loss=loss,
-        num_tokens=tokens,
+        loss=totals[0] / max(totals[1], 1.0),
+        num_tokens=int(totals[1]),
         grad_norm=None if grad_norm is None else float(grad_norm),
         lr=float(lr),
         update_successful=bool(update_successful),
+        totals=tuple(totals),
     )
 
 

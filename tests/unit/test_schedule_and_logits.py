@@ -52,7 +52,7 @@ def _padded_worker():
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.config import ParallelConfig, model_preset
-    from megatron_tulu.models.logits import token_nll
+    from megatron_tulu.ops import token_logprobs
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 
     init_parallel(ParallelConfig().resolve(1, model_preset("tiny")), seed=0)
@@ -63,7 +63,9 @@ def _padded_worker():
         logits[..., 1000:] = 50.0  # padded columns: would dominate any softmax they entered
         logits.requires_grad_(True)
         labels = torch.randint(0, 1000, (2, 3), generator=gen)
-        nll = token_nll(logits, labels, vocab_size=1000)
+        nll = -token_logprobs(
+            logits, labels, vocab_size=1000, tp_group=ps.get_tensor_model_parallel_group()
+        )
         nll.sum().backward()
         ref = torch.nn.functional.cross_entropy(
             logits.detach()[..., :1000].reshape(-1, 1000), labels.reshape(-1), reduction="none"

@@ -1,0 +1,1 @@
+"""Stage trainers (SFT, DPO, RLVR) built on the training engine."""
