@@ -91,9 +91,7 @@ def collate_padded(
     return SFTBatch(tokens, labels, loss_mask, position_ids, document_ids)
 
 
-def collate_packed(
-    rows: Sequence[Sequence[Document]], *, seq_length: int, pad_id: int
-) -> SFTBatch:
+def collate_packed(rows: Sequence[Sequence[Document]], *, seq_length: int, pad_id: int) -> SFTBatch:
     """Several documents per row: each row holds ``seq_length + 1`` tokens before shifting.
 
     A label that belongs to the next document (or to padding) carries no loss, whatever the

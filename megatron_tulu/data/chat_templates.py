@@ -110,9 +110,7 @@ class ChatTemplate(ABC):
         """The conversation as one string (special tokens written out), for inspection."""
         check_messages(list(messages))
         parts = self.pieces(messages, add_generation_prompt=add_generation_prompt)
-        return "".join(
-            self.tokenizer.decode([p]) if isinstance(p, int) else p for p, _ in parts
-        )
+        return "".join(self.tokenizer.decode([p]) if isinstance(p, int) else p for p, _ in parts)
 
     def _bos(self) -> list[Piece]:
         return [(self.tokenizer.bos_id, False)] if self.add_bos else []
@@ -185,9 +183,9 @@ class Llama3Template(ChatTemplate):
 
     @classmethod
     def jinja(cls, *, add_bos: bool = True) -> str:
-        return (
-            ("{{ bos_token }}" if add_bos else "")
-            + "{% for message in messages %}"
+        bos = "{{ bos_token }}" if add_bos else ""
+        return bos + (
+            "{% for message in messages %}"
             "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
             "{% if message['role'] == 'assistant' %}"
             "{% generation %}{{ (message['content'] | trim) + '<|eot_id|>' }}{% endgeneration %}"
@@ -230,9 +228,9 @@ class TuluTemplate(ChatTemplate):
 
     @classmethod
     def jinja(cls, *, add_bos: bool = True) -> str:
-        return (
-            ("{{ bos_token }}" if add_bos else "")
-            + "{% for message in messages %}"
+        bos = "{{ bos_token }}" if add_bos else ""
+        return bos + (
+            "{% for message in messages %}"
             "{% if message['role'] == 'system' %}"
             "{{ '<|system|>\\n' + message['content'] + '\\n' }}"
             "{% elif message['role'] == 'user' %}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ TOO_LONG = "too_long"
 PROMPT_MISMATCH = "prompt_mismatch"
 
 
-class BadRowPolicy(str, Enum):
+class BadRowPolicy(StrEnum):
     SKIP = "skip"  # count and report, train on the rest
     FAIL = "fail"  # raise at the first bad row
 

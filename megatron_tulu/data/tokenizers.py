@@ -203,8 +203,7 @@ class SentencePieceTokenizer:
             ids = [
                 i
                 for i in ids
-                if not (self._sp.IsControl(i) or self._sp.IsUserDefined(i))
-                and i != self.pad_id
+                if not (self._sp.IsControl(i) or self._sp.IsUserDefined(i)) and i != self.pad_id
             ]
         return self._sp.DecodeIds(ids)
 

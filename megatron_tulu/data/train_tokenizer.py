@@ -72,8 +72,8 @@ def train_bpe_tokenizer(
     chat_template: str | None = None,
 ) -> HFTokenizer:
     """Train on ``texts``, save to ``out_dir``, and load it back. Deterministic for fixed texts."""
-    from tokenizers import Tokenizer as RawTokenizer
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as RawTokenizer
 
     config = config or BPETokenizerConfig()
     tok = RawTokenizer(models.BPE())

@@ -1,0 +1,120 @@
+"""Reference log-probs for DPO: computed once with a forward-only pass and cached on disk.
+
+Tülu 3 computes the reference policy's log-probs of every chosen and rejected response once,
+before DPO training, and caches them. :func:`compute_reference_logps` runs the (frozen)
+reference weights forward-only through the same pipeline schedules, with the same log-prob op,
+over pair micro-batches; :class:`ReferenceLogpCache` stores the result as a tensor
+[pairs, 2] (chosen, rejected) under a key that names everything the values depend on (data file
+contents, reference checkpoint, chat template, max length), written atomically by rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megatron_tulu.config import ParallelDims
+from megatron_tulu.training.forward_steps import MicroBatch, logprob_forward_step
+from megatron_tulu.training.step import forward_backward
+
+
+@torch.no_grad()
+def pair_logps(
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
+    microbatches: Sequence[MicroBatch],
+    vocab_size: int,
+) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
+    pipeline rank. Each micro-batch holds ``p`` chosen rows then ``p`` rejected rows."""
+    reports = forward_backward(
+        chunks, dims, microbatches, forward_step=logprob_forward_step(vocab_size),
+        forward_only=True,
+    )  # fmt: skip
+    pairs = sum(mb["tokens"].shape[0] // 2 for mb in microbatches)
+    out = torch.zeros(pairs, 2, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        row = 0
+        for report in reports:
+            logp = report["logp"].to(torch.float64)
+            p = logp.shape[0] // 2
+            out[row : row + p, 0], out[row : row + p, 1] = logp[:p], logp[p:]
+            row += p
+    if dims.pp > 1:
+        dist.broadcast(
+            out,
+            src=ps.get_pipeline_model_parallel_last_rank(),
+            group=ps.get_pipeline_model_parallel_group(),
+        )
+    return out
+
+
+def compute_reference_logps(
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
+    batches: Iterable[tuple[torch.Tensor, Sequence[MicroBatch]]],
+    *,
+    num_pairs: int,
+    vocab_size: int,
+) -> torch.Tensor:
+    """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
+    indices [n], its micro-batches); results of all DP ranks are combined."""
+    table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
+    for indices, microbatches in batches:
+        values = pair_logps(chunks, dims, microbatches, vocab_size)
+        idx = [torch.empty_like(indices) for _ in range(dims.dp)]
+        val = [torch.empty_like(values) for _ in range(dims.dp)]
+        dist.all_gather(idx, indices.contiguous(), group=ps.get_data_parallel_group())
+        dist.all_gather(val, values.contiguous(), group=ps.get_data_parallel_group())
+        for i, v in zip(idx, val, strict=True):
+            table[i] = v
+    missing = torch.isnan(table[:, 0]).nonzero().flatten()
+    if missing.numel():
+        raise ValueError(f"reference log-probs missing for pairs {missing[:10].tolist()}...")
+    return table
+
+
+def cache_key(**parts: str | int | float | None) -> str:
+    """A stable key over everything the cached values depend on."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ReferenceLogpCache:
+    def __init__(self, cache_dir: str | Path, key: str) -> None:
+        self.path = Path(cache_dir) / f"reference-logps-{key}.pt"
+        self.key = key
+
+    def load(self) -> torch.Tensor | None:
+        if not self.path.is_file():
+            return None
+        payload = torch.load(self.path, weights_only=True)
+        if payload.get("key") != self.key:
+            raise ValueError(f"{self.path}: holds key {payload.get('key')!r}, expected {self.key}")
+        return payload["logps"]
+
+    def save(self, logps: torch.Tensor) -> Path:
+        """Rank 0 writes (temporary file + rename); every rank waits."""
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"key": self.key, "logps": logps}, tmp)
+            os.replace(tmp, self.path)
+        if dist.is_initialized():
+            dist.barrier()
+        return self.path
