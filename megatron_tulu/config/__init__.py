@@ -1,6 +1,7 @@
 """Run configuration: small validated dataclasses and YAML recipes (no torch/megatron imports)."""
 
 from megatron_tulu.config._validate import ConfigTypeError
+from megatron_tulu.config.data import DataConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import LR_DECAY_STYLES, OPTIMIZERS, OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims, RankCoords
@@ -25,6 +26,7 @@ __all__ = [
     "RECOMPUTE_MODES",
     "SECTIONS",
     "ConfigTypeError",
+    "DataConfig",
     "ModelConfig",
     "OptimizerConfig",
     "ParallelConfig",

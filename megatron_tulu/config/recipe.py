@@ -27,6 +27,7 @@ import yaml
 
 from megatron_tulu.config._coerce import coerce_value, field_types
 from megatron_tulu.config._validate import ConfigTypeError, fmt_set
+from megatron_tulu.config.data import DataConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims
@@ -38,6 +39,7 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelConfig,
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
+    "data": DataConfig,
 }
 
 
@@ -49,6 +51,7 @@ class RecipeConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():

@@ -13,6 +13,7 @@ from megatron_tulu.config._validate import (
 )
 
 PRECISIONS = ("fp32", "bf16")
+STAGES = ("pretrain", "sft")
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 
@@ -20,6 +21,7 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 class TrainingConfig:
     """Run length, numerics and I/O locations."""
 
+    stage: str = "pretrain"  # pretrain (packed plain text) or sft (conversations)
     train_steps: int = 10
     seq_length: int = 128
     seed: int = 1234
@@ -38,6 +40,7 @@ class TrainingConfig:
     exit_interval: int = 0  # stop (saving first) after N steps in this invocation; 0: never
 
     def __post_init__(self) -> None:
+        check_choice("stage", self.stage, STAGES)
         check_int("train_steps", self.train_steps, minimum=1)
         check_int("seq_length", self.seq_length, minimum=1)
         check_int("seed", self.seed, minimum=0)

@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = run_training(recipe)
+        if recipe.training.stage == "sft":
+            from megatron_tulu.trainers.sft import sft_source
+
+            summary = run_training(recipe, sft_source)
+        else:
+            summary = run_training(recipe)
     except (ValueError, FileNotFoundError) as exc:  # bad input found after start-up
         print(f"error: {exc}", file=sys.stderr)
         return 2

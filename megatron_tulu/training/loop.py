@@ -4,27 +4,70 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megatron_tulu.checkpoint.layout import read_latest
 from megatron_tulu.checkpoint.native import load_checkpoint, save_checkpoint
-from megatron_tulu.config import RecipeConfig, recipe_to_dict, save_resolved
+from megatron_tulu.config import ParallelDims, RecipeConfig, recipe_to_dict, save_resolved
 from megatron_tulu.data.corpus import ByteTokenizer, write_corpus
 from megatron_tulu.data.lm_dataset import PackedTextDataset
 from megatron_tulu.models.hf_io import load_hf_weights, read_hf_config
 from megatron_tulu.models.llama import BuildOptions
 from megatron_tulu.parallel import destroy_parallel, init_parallel
 from megatron_tulu.training.engine import build_engine
+from megatron_tulu.training.forward_steps import MicroBatch, sft_forward_step
 from megatron_tulu.training.metrics import MetricsWriter
 from megatron_tulu.training.progress import Progress
 from megatron_tulu.training.step import split_global_batch, train_step
 
 GENERATED_CORPUS_LINES = 20_000
+
+
+class BatchSource(Protocol):
+    """What a stage feeds the loop: this DP rank's micro-batches for the global batch that
+    starts at stream position ``consumed`` (samples), the forward step and its report key."""
+
+    forward_step: Callable
+    report_key: str
+    tokenizer_ref: dict[str, Any]
+
+    def microbatches(self, consumed: int) -> list[MicroBatch]: ...
+
+
+@dataclass(kw_only=True)
+class TextSource:
+    """The foundation's plain-text stream (byte tokenizer, packed rows)."""
+
+    data: PackedTextDataset
+    dims: ParallelDims
+    forward_step: Callable
+    report_key: str = "lm loss"
+    tokenizer_ref: dict[str, Any] = field(default_factory=lambda: {"type": "byte"})
+
+    def microbatches(self, consumed: int) -> list[MicroBatch]:
+        rows = self.data.global_batch(consumed, self.dims.global_batch_size)
+        return split_global_batch(rows, None, dims=self.dims, dp_rank=ps.get_data_parallel_rank())
+
+
+def text_source(recipe: RecipeConfig, dims: ParallelDims) -> TextSource:
+    tokenizer = ByteTokenizer()
+    if tokenizer.vocab_size > recipe.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size ({recipe.model.vocab_size}) is smaller than the byte tokenizer's "
+            f"{tokenizer.vocab_size} ids: use a preset with a larger vocabulary"
+        )
+    return TextSource(
+        data=_dataset(recipe, tokenizer),
+        dims=dims,
+        forward_step=sft_forward_step(recipe.model.vocab_size),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,18 +123,16 @@ def _resume_step(resume: str, ckpt_dir: str) -> int | str | None:
     return "latest" if resume == "latest" else int(resume)
 
 
-def run_training(recipe: RecipeConfig) -> TrainSummary:
-    """Trains per the recipe on the current ranks (torchrun or a single process)."""
+def run_training(
+    recipe: RecipeConfig,
+    make_source: Callable[[RecipeConfig, ParallelDims], BatchSource] = text_source,
+) -> TrainSummary:
+    """Trains per the recipe on the current ranks (torchrun or a single process); the stage's
+    data comes from ``make_source`` (called once parallel state exists)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dims = recipe.resolve_parallel(world)
     tcfg = recipe.training
     _check_hf_matches(recipe)
-    tokenizer = ByteTokenizer()
-    if tokenizer.vocab_size > recipe.model.vocab_size:
-        raise ValueError(
-            f"model.vocab_size ({recipe.model.vocab_size}) is smaller than the byte tokenizer's "
-            f"{tokenizer.vocab_size} ids: use a preset with a larger vocabulary"
-        )
     init_parallel(dims, seed=tcfg.seed)
     try:
         is_logger = dist.get_rank() == dist.get_world_size() - 1  # last stage knows the loss
@@ -120,8 +161,7 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
             options=BuildOptions(precision=tcfg.precision, recompute=tcfg.recompute),
             load_weights=load,
         )
-        data = _dataset(recipe, tokenizer)
-        dp_rank = ps.get_data_parallel_rank()
+        source = make_source(recipe, dims)
         first_step, consumed = 1, 0
         if resume_step is not None:
             info = load_checkpoint(
@@ -143,7 +183,7 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
             engine,
             ckpt_dir,
             recipe=recipe_to_dict(recipe),
-            tokenizer={"type": "byte"},
+            tokenizer=source.tokenizer_ref,
             keep_last=tcfg.keep_last or None,
         )
         with Progress(
@@ -151,10 +191,10 @@ def run_training(recipe: RecipeConfig) -> TrainSummary:
         ) as bar:
             for step in range(first_step, tcfg.train_steps + 1):
                 t0 = time.perf_counter()
-                rows = data.global_batch(consumed, dims.global_batch_size)
+                micro = source.microbatches(consumed)
                 consumed += dims.global_batch_size
                 result = train_step(
-                    engine, split_global_batch(rows, None, dims=dims, dp_rank=dp_rank)
+                    engine, micro, forward_step=source.forward_step, report_key=source.report_key
                 )
                 dt = time.perf_counter() - t0
                 total_tokens += result.num_tokens

@@ -320,7 +320,8 @@ def test_override_preset(tmp_path: Path) -> None:
     ("parallel.tpp=2", (r"unknown field 'tpp' in section 'parallel' of override "
      r"'parallel\.tpp=2': valid fields are \{tp, pp, vpp, sequence_parallel, "
      r"micro_batch_size, global_batch_size\}")),
-    ("data.path=x", r"unknown section 'data' .*\{model, parallel, optimizer, training\}"),
+    ("dataset.path=x",
+     r"unknown section 'dataset' .*\{model, parallel, optimizer, training, data\}"),
     ("model.preset=llama9", r"unknown model preset 'llama9'"),
 ])
 def test_overrides_errors(override: str, pattern: str | None) -> None:
@@ -335,7 +336,7 @@ def test_overrides_errors(override: str, pattern: str | None) -> None:
     ("parallel:\n  tensor_parallel: 2\n",
      r"unknown field 'tensor_parallel' in section 'parallel' of recipe file '.*recipe\.yaml'"),
     ("trainer:\n  train_steps: 2\n", (r"unknown section 'trainer' in recipe file "
-     r"'.*recipe\.yaml': valid sections are \{model, parallel, optimizer, training\}")),
+     r"'.*recipe\.yaml': valid sections are \{model, parallel, optimizer, training, data\}")),
     ("parallel: 2\n", r"section 'parallel' of recipe file '.*recipe\.yaml' must be a mapping"),
     ("- 1\n", r"recipe file '.*recipe\.yaml' must be a mapping of sections"),
     ("parallel: {pp: x}\n", r"cannot set parallel\.pp to 'x': expected an integer"),
