@@ -2,6 +2,7 @@
 
 from megatron_tulu.config._validate import ConfigTypeError
 from megatron_tulu.config.data import DataConfig
+from megatron_tulu.config.dpo import DPOConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import LR_DECAY_STYLES, OPTIMIZERS, OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims, RankCoords
@@ -26,6 +27,7 @@ __all__ = [
     "RECOMPUTE_MODES",
     "SECTIONS",
     "ConfigTypeError",
+    "DPOConfig",
     "DataConfig",
     "ModelConfig",
     "OptimizerConfig",

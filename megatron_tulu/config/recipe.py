@@ -28,6 +28,7 @@ import yaml
 from megatron_tulu.config._coerce import coerce_value, field_types
 from megatron_tulu.config._validate import ConfigTypeError, fmt_set
 from megatron_tulu.config.data import DataConfig
+from megatron_tulu.config.dpo import DPOConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims
@@ -40,6 +41,7 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
     "data": DataConfig,
+    "dpo": DPOConfig,
 }
 
 
@@ -52,6 +54,7 @@ class RecipeConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():

@@ -13,7 +13,7 @@ from megatron_tulu.config._validate import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "dpo")
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 
@@ -21,7 +21,7 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 class TrainingConfig:
     """Run length, numerics and I/O locations."""
 
-    stage: str = "pretrain"  # pretrain (packed plain text) or sft (conversations)
+    stage: str = "pretrain"  # pretrain (plain text), sft (conversations) or dpo (pairs)
     train_steps: int = 10
     seq_length: int = 128
     seed: int = 1234

@@ -58,8 +58,9 @@ class SFTSource:
         return out
 
 
-def _task_files(recipe: RecipeConfig) -> tuple[str, str]:
-    """(train file, tokenizer path): the recipe's, or the embedded task's (built once)."""
+def task_files(recipe: RecipeConfig, task_file: str = "sft_train.jsonl") -> tuple[str, str]:
+    """(train file, tokenizer path): the recipe's, or the embedded task's ``task_file`` (the
+    task is built once, by rank 0)."""
     data = recipe.data
     if data.train_file is not None:
         return data.train_file, str(data.tokenizer)
@@ -67,12 +68,12 @@ def _task_files(recipe: RecipeConfig) -> tuple[str, str]:
     if dist.get_rank() == 0 and not (task_dir / "task.json").exists():
         build_task(task_dir, TaskConfig(seed=data.task_seed, chat_template=data.chat_template))
     dist.barrier()
-    return str(task_dir / "sft_train.jsonl"), str(task_dir / "tokenizer")
+    return str(task_dir / task_file), str(task_dir / "tokenizer")
 
 
 def sft_source(recipe: RecipeConfig, dims: ParallelDims) -> SFTSource:
     data, seq = recipe.data, recipe.training.seq_length
-    train_file, tok_path = _task_files(recipe)
+    train_file, tok_path = task_files(recipe)
     tokenizer = load_tokenizer(tok_path)
     if tokenizer.vocab_size > recipe.model.vocab_size:
         raise ValueError(

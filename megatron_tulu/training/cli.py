@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             from megatron_tulu.trainers.sft import sft_source
 
             summary = run_training(recipe, sft_source)
+        elif recipe.training.stage == "dpo":
+            from megatron_tulu.trainers.dpo import dpo_source
+
+            summary = run_training(recipe, dpo_source)
         else:
             summary = run_training(recipe)
     except (ValueError, FileNotFoundError) as exc:  # bad input found after start-up

@@ -75,7 +75,7 @@ class TrainSummary:
     first_loss: float
     last_loss: float
     steps: int
-    tokens_per_s: float
+    tokens_per_s: float  # the report's count per second (tokens; pairs for DPO)
     output_dir: str
 
 
@@ -175,6 +175,11 @@ def run_training(
                 )
         elif tcfg.init_from_native is not None:
             load_checkpoint(engine, tcfg.init_from_native, weights_only=True)
+        source_metrics = getattr(source, "metrics", None)
+        count = getattr(source, "count_name", "tokens")  # what the report's count counts
+        prepare = getattr(source, "prepare", None)
+        if prepare is not None:  # e.g. DPO's reference log-probs, from the initial weights
+            prepare(engine, resuming=resume_step is not None)
         losses: list[float] = []
         start = time.perf_counter()
         total_tokens = 0
@@ -200,7 +205,7 @@ def run_training(
                 total_tokens += result.num_tokens
                 losses.append(result.loss)
                 tps = result.num_tokens / dt
-                bar.update(loss=result.loss, tokens_per_s=tps)
+                bar.update(**{"loss": result.loss, f"{count}_per_s": tps})
                 if step % tcfg.log_interval == 0 or step == tcfg.train_steps:
                     writer.log(
                         step,
@@ -208,9 +213,10 @@ def run_training(
                             "loss": result.loss,
                             "lr": result.lr,
                             "grad_norm": result.grad_norm,
-                            "tokens": result.num_tokens,
-                            "tokens_per_s": tps,
+                            count: result.num_tokens,
+                            f"{count}_per_s": tps,
                             "step_time_s": dt,
+                            **(source_metrics(result.totals) if source_metrics else {}),
                         },
                     )
                 exiting = bool(tcfg.exit_interval) and step - first_step + 1 >= tcfg.exit_interval
