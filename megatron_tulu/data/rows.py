@@ -9,7 +9,7 @@ in a :class:`DataReport` (with the first few examples), under "fail" it raises
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -114,6 +114,37 @@ def reject(report: DataReport, policy: BadRowPolicy, bad_row: BadRow) -> None:
     if policy is BadRowPolicy.FAIL:
         raise BadRowError(bad_row)
     report.add_bad(bad_row)
+
+
+def read_examples(
+    paths: str | Path | Iterable[str | Path],
+    tokenise: Callable[[Any, str, int], Any],
+    *,
+    bad_rows: str,
+    num_report_examples: int,
+) -> tuple[list[Any], DataReport]:
+    """Reads JSONL rows and turns each into an example with ``tokenise(row, path, line)``.
+
+    A row that raises :class:`RowProblem` is counted in the report under its reason (with file
+    and line) and skipped, or raises :class:`BadRowError` when ``bad_rows`` is "fail". Examples
+    must have a ``truncated`` attribute (counted in the report).
+    """
+    policy = BadRowPolicy.parse(bad_rows)
+    report = DataReport(num_examples_per_reason=num_report_examples)
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    examples = []
+    for path in files:
+        for line, row in read_jsonl(path):
+            report.num_rows_read += 1
+            try:
+                example = tokenise(row, str(path), line)
+            except RowProblem as problem:
+                reject(report, policy, BadRow(str(path), line, problem.reason, problem.detail))
+                continue
+            examples.append(example)
+            report.num_rows_kept += 1
+            report.num_truncated += int(example.truncated)
+    return examples, report
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -19,13 +19,11 @@ from megatron_tulu.data.chat_templates import ChatTemplate, chat_template_names,
 from megatron_tulu.data.rows import (
     BAD_FORMAT,
     TOO_LONG,
-    BadRow,
     BadRowPolicy,
     DataReport,
     RowProblem,
     check_conversation,
-    read_jsonl,
-    reject,
+    read_examples,
 )
 from megatron_tulu.data.tokenizers import Tokenizer
 
@@ -123,21 +121,12 @@ class SFTDataset:
     ) -> SFTDataset:
         config = config or SFTDataConfig()
         template = get_chat_template(config.chat_template, tokenizer, add_bos=config.add_bos)
-        policy = BadRowPolicy.parse(config.bad_rows)
-        report = DataReport(num_examples_per_reason=config.num_report_examples)
-        files = [paths] if isinstance(paths, str | Path) else list(paths)
-        examples = []
-        for path in files:
-            for line, row in read_jsonl(path):
-                report.num_rows_read += 1
-                try:
-                    example = _tokenise(row, template, config, str(path), line)
-                except RowProblem as problem:
-                    reject(report, policy, BadRow(str(path), line, problem.reason, problem.detail))
-                    continue
-                examples.append(example)
-                report.num_rows_kept += 1
-                report.num_truncated += int(example.truncated)
+        examples, report = read_examples(
+            paths,
+            lambda row, path, line: _tokenise(row, template, config, path, line),
+            bad_rows=config.bad_rows,
+            num_report_examples=config.num_report_examples,
+        )
         return cls(examples, report, pad_id=tokenizer.pad_id)
 
     def __len__(self) -> int:
