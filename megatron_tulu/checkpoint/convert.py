@@ -24,8 +24,6 @@ import torch
 from megatron_tulu.checkpoint.layout import (
     META,
     MODEL_OPTIM,
-    list_steps,
-    read_latest,
     resolve_step_dir,
     step_dir_name,
     write_latest,
@@ -352,7 +350,3 @@ def _write_hf_metadata(
     if tok_dir is not None and tok_dir.is_dir():
         for f in tok_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
-
-
-def describe_root(root: str | Path) -> dict[str, Any]:
-    return {"latest": read_latest(root), "steps": list_steps(root)}

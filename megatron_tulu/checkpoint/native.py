@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_tulu.checkpoint.layout import (
@@ -311,7 +310,6 @@ def load_checkpoint(
     rng_restored = same_layout and rng_file.is_file() and not weights_only
     if rng_restored:
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    _ = ps
     return ResumeState(
         step=meta["step"],
         consumed_samples=meta["consumed_samples"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -12,13 +11,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from megatron_tulu.config import ParallelDims
-from megatron_tulu.platform import dist_backend, ensure_platform, has_cuda
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from megatron_tulu.platform import dist_backend, ensure_platform, free_port, has_cuda
 
 
 def world_from_env() -> tuple[int, int]:
@@ -37,7 +30,7 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
         rank, world = world_from_env()
         if world == 1 and "MASTER_ADDR" not in os.environ:
             os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ["MASTER_PORT"] = str(free_port())
         if has_cuda():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(

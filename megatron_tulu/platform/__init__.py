@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 
 from megatron_tulu.platform.cpu import apply_cpu_platform_layer, cpu_platform_layer_active
@@ -27,6 +29,13 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def free_port() -> int:
+    """An unused TCP port on the loopback interface (rendezvous for local ranks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def dist_backend() -> str:
     return "nccl" if has_cuda() else "gloo"
 
@@ -37,5 +46,6 @@ __all__ = [
     "device",
     "dist_backend",
     "ensure_platform",
+    "free_port",
     "has_cuda",
 ]

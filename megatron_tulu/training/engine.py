@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel as DDP
 from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
@@ -127,7 +126,6 @@ def build_engine(
         config.no_sync_func = sync[0] if len(sync) == 1 else sync
     opt = get_megatron_optimizer(megatron_optimizer_config(optimizer, options), wrapped)
     scheduler = build_scheduler(opt, optimizer, train_steps)
-    _ = ps  # parallel state is read by megatron internally
     return Engine(
         model=model,
         dims=dims,
