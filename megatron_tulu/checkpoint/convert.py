@@ -350,3 +350,33 @@ def _write_hf_metadata(
     if tok_dir is not None and tok_dir.is_dir():
         for f in tok_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
+    elif isinstance(tok, dict) and tok.get("path"):
+        _export_training_tokenizer(tmp, tok)
+
+
+def _export_training_tokenizer(out: Path, tok: dict[str, Any]) -> None:
+    """A training checkpoint records the tokenizer it trained with (``path``) and the chat
+    template (``chat_template``): the export carries the tokenizer files and the template, as
+    ``chat_template.jinja`` and in ``tokenizer_config.json``, so HF's ``apply_chat_template``
+    renders exactly the training format."""
+    from megatron_tulu.data.chat_templates import jinja_template
+
+    src = Path(tok["path"])
+    files = [src] if src.is_file() else [src / n for n in TOKENIZER_FILES]
+    found = [f for f in files if f.is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"the checkpoint's tokenizer {src} (recorded at training time) is gone: restore it "
+            "or export without it"
+        )
+    for f in found:
+        shutil.copy2(f, out / f.name)
+    name = tok.get("chat_template")
+    if not name:
+        return
+    template = jinja_template(str(name))
+    (out / "chat_template.jinja").write_text(template)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg["chat_template"] = template
+    cfg_path.write_text(json.dumps(cfg, indent=2))

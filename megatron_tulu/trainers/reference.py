@@ -24,6 +24,32 @@ from megatron_tulu.config import ParallelDims
 from megatron_tulu.training.forward_steps import MicroBatch, logprob_forward_step
 from megatron_tulu.training.step import forward_backward
 
+PAIR_LAYOUTS = ("concat", "separate")
+
+
+def split_pairs(
+    rows: torch.Tensor, microbatches: Sequence[MicroBatch], layout: str
+) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) from per-row values in micro-batch order.
+
+    ``concat``: each micro-batch holds ``p`` chosen rows then their ``p`` rejected rows.
+    ``separate``: the first half of all rows are the chosen sides, the second half the
+    rejected sides, in the same pair order (chosen and rejected in different forwards).
+    """
+    if layout not in PAIR_LAYOUTS:
+        raise ValueError(f"layout ({layout!r}) must be one of {PAIR_LAYOUTS}")
+    if rows.shape[0] % 2:
+        raise ValueError(f"{rows.shape[0]} rows cannot be split into (chosen, rejected) pairs")
+    if layout == "separate":
+        half = rows.shape[0] // 2
+        return torch.stack([rows[:half], rows[half:]], dim=1)
+    out, start = [], 0
+    for mb in microbatches:
+        p = mb["tokens"].shape[0] // 2
+        out.append(torch.stack([rows[start : start + p], rows[start + p : start + 2 * p]], dim=1))
+        start += 2 * p
+    return torch.cat(out)
+
 
 @torch.no_grad()
 def pair_logps(
@@ -31,29 +57,25 @@ def pair_logps(
     dims: ParallelDims,
     microbatches: Sequence[MicroBatch],
     vocab_size: int,
+    layout: str = "concat",
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
-    pipeline rank. Each micro-batch holds ``p`` chosen rows then ``p`` rejected rows."""
+    pipeline rank; ``layout`` says where each pair's rows are (see :func:`split_pairs`)."""
     reports = forward_backward(
         chunks, dims, microbatches, forward_step=logprob_forward_step(vocab_size),
         forward_only=True,
     )  # fmt: skip
-    pairs = sum(mb["tokens"].shape[0] // 2 for mb in microbatches)
-    out = torch.zeros(pairs, 2, dtype=torch.float64)
+    total = sum(mb["tokens"].shape[0] for mb in microbatches)
+    rows = torch.zeros(total, dtype=torch.float64)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
-        row = 0
-        for report in reports:
-            logp = report["logp"].to(torch.float64)
-            p = logp.shape[0] // 2
-            out[row : row + p, 0], out[row : row + p, 1] = logp[:p], logp[p:]
-            row += p
+        rows = torch.cat([r["logp"].to(torch.float64) for r in reports])
     if dims.pp > 1:
         dist.broadcast(
-            out,
+            rows,
             src=ps.get_pipeline_model_parallel_last_rank(),
             group=ps.get_pipeline_model_parallel_group(),
         )
-    return out
+    return split_pairs(rows, microbatches, layout)
 
 
 def compute_reference_logps(
@@ -63,12 +85,13 @@ def compute_reference_logps(
     *,
     num_pairs: int,
     vocab_size: int,
+    layout: str = "concat",
 ) -> torch.Tensor:
     """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
     indices [n], its micro-batches); results of all DP ranks are combined."""
     table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
     for indices, microbatches in batches:
-        values = pair_logps(chunks, dims, microbatches, vocab_size)
+        values = pair_logps(chunks, dims, microbatches, vocab_size, layout)
         idx = [torch.empty_like(indices) for _ in range(dims.dp)]
         val = [torch.empty_like(values) for _ in range(dims.dp)]
         dist.all_gather(idx, indices.contiguous(), group=ps.get_data_parallel_group())

@@ -79,7 +79,11 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
 
     from megatron_tulu.models.hf_io import gather_hf_state_dict, load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.trainers.dpo_step import dpo_forward_step
+    from megatron_tulu.trainers.dpo_step import (
+        attach_pair_coefficients,
+        dpo_forward_step,
+        dpo_separate_forward_step,
+    )
     from megatron_tulu.training.engine import build_engine
     from megatron_tulu.training.forward_steps import sft_forward_step
     from megatron_tulu.training.step import train_step
@@ -104,6 +108,12 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
         )
         if forward == "dpo":
             step = dpo_forward_step(MODEL.vocab_size, beta=5.0, loss_type="dpo_norm")
+            result = train_step(engine, batches, forward_step=step, report_key="dpo")
+        elif forward == "dpo_separate":
+            attach_pair_coefficients(
+                batches, engine.chunks, dims, MODEL.vocab_size, beta=5.0, loss_type="dpo_norm"
+            )
+            step = dpo_separate_forward_step(MODEL.vocab_size)
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         else:
             step = sft_forward_step(MODEL.vocab_size, reduction)
@@ -198,3 +208,42 @@ def test_dpo_step_matches_tp1(tp, pp):
     # to ~1.25 here): float32 reduction-order differences of ~1e-6 relative, observed 1.4e-6.
     assert _max_diff(w_run, w_base) <= 1e-5
     assert _max_diff(w_base, _run(1, batches, 1, 1, "sft")[1]) > 1e-3  # the DPO loss moved it
+
+
+def _separate_layout(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The same pairs with chosen rows first, then rejected rows (dpo.forward=separate), in
+    micro-batches of the same size; each carries the references of the pairs it holds."""
+    keys = ("tokens", "labels", "loss_mask", "position_ids")
+    p = [b["tokens"].shape[0] // 2 for b in batches]
+    chosen = {k: torch.cat([b[k][:n] for b, n in zip(batches, p, strict=True)]) for k in keys}
+    rejected = {k: torch.cat([b[k][n:] for b, n in zip(batches, p, strict=True)]) for k in keys}
+    ref_c = torch.cat([b["ref_chosen"] for b in batches])
+    ref_r = torch.cat([b["ref_rejected"] for b in batches])
+    rows = {k: torch.cat([chosen[k], rejected[k]]) for k in keys}
+    m, pairs = batches[0]["tokens"].shape[0], ref_c.shape[0]
+    out = []
+    for i in range(len(batches)):
+        lo, hi = i * m, (i + 1) * m
+        out.append({
+            **{k: v[lo:hi] for k, v in rows.items()},
+            "ref_chosen": ref_c[min(lo, pairs) : min(hi, pairs)],
+            "ref_rejected": ref_r[max(lo - pairs, 0) : max(hi - pairs, 0)],
+        })  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (1, 2)], ids=["tp1", "pp2"])
+def test_dpo_two_forwards_equal_one(tp, pp):
+    """dpo.forward=separate (chosen and rejected in different micro-batches, exact loss
+    derivatives from a forward-only pass) gives the concat mode's loss, metrics and update."""
+    batches = _dpo_batches(2, 2)  # 2 micro-batches x (2 chosen + 2 rejected rows)
+    base, w_base = _run(1, batches, 1, 1, "dpo")
+    run, w_run = _run(tp * pp, _separate_layout(batches), tp, pp, "dpo_separate")
+    assert run.num_tokens == base.num_tokens == 4  # pairs, each counted once
+    # Same float32 log-prob sums by another reduction order (see test_dpo_step_matches_tp1).
+    assert run.loss == pytest.approx(base.loss, abs=5e-5)
+    assert run.totals[2:] == pytest.approx(base.totals[2:], abs=5e-5)
+    assert _max_diff(w_run, w_base) <= 1e-5
+    # It can fail: the concat rows read as if separate pair the wrong sides and move elsewhere.
+    _, w_wrong = _run(1, batches, 1, 1, "dpo_separate")
+    assert _max_diff(w_wrong, w_base) > 1e-4

@@ -63,3 +63,21 @@ def test_evaluate_native_checkpoint(tmp_path):
     assert 0.0 <= result.accuracy <= 1.0
     assert set(result.by_level) == {r["level"] for r in rows[:12]}
     assert len(result.samples) == 5 and all("completion" in s for s in result.samples)
+    # The export carries the tokenizer and the run's chat template: HF's apply_chat_template
+    # renders exactly the token ids the trainer trained on (prompt and whole conversation).
+    from transformers import AutoTokenizer
+
+    from megatron_tulu.checkpoint.convert import native_to_hf
+    from megatron_tulu.data.chat_templates import get_chat_template
+    from megatron_tulu.data.tokenizers import load_tokenizer
+
+    exported = native_to_hf(tmp_path / "run" / "checkpoints", tmp_path / "hf")
+    assert (exported / "chat_template.jinja").is_file()
+    hf_tok = AutoTokenizer.from_pretrained(str(exported))
+    ours = get_chat_template("tulu", load_tokenizer(tmp_path / "task" / "tokenizer"))
+    for row in rows[:3]:
+        messages = row["messages"]
+        prompt = hf_tok.apply_chat_template(
+            messages[:1], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        assert prompt == ours.render_prompt(messages[:1])

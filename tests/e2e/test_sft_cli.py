@@ -47,7 +47,7 @@ def test_sft_on_embedded_task_lowers_loss_and_resumes_exactly(tmp_path):
     )
     full = _train(tmp_path / "full", *args)
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "2000 rows read, 2000 kept" in full.stdout
+    assert "20000 rows read, 20000 kept" in full.stdout
     losses = _losses(tmp_path / "full")
     assert losses[-1] < losses[0] - 1.0
     part = tmp_path / "part"

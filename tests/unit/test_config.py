@@ -33,7 +33,7 @@ REAL = ("llama3.1-8b", "llama3.1-70b", "llama3.1-405b")
 # ------------------------------------------------------------------------------------------ model
 
 
-@pytest.mark.parametrize("name", [*REAL, "tiny", "small"])
+@pytest.mark.parametrize("name", [*REAL, "tiny", "tiny-task", "small"])
 def test_every_preset_builds_with_llama3_rope(name: str) -> None:
     m = model_preset(name)
     assert m.name == name
@@ -41,7 +41,7 @@ def test_every_preset_builds_with_llama3_rope(name: str) -> None:
     assert (m.rope_low_freq_factor, m.rope_high_freq_factor) == (1.0, 4.0)
     assert (m.rope_original_max_position_embeddings, m.norm_eps) == (8192, 1e-5)
     assert m.tie_word_embeddings is False
-    assert set(MODEL_PRESETS) == {*REAL, "tiny", "small"}
+    assert set(MODEL_PRESETS) == {*REAL, "tiny", "tiny-task", "small"}
 
 
 @pytest.mark.parametrize(("name", "expected", "rounded"), [
@@ -88,7 +88,7 @@ def test_padded_vocab_size(vocab: int, tp: int, expected: int) -> None:
 
 
 @pytest.mark.parametrize(("name", "overrides", "pattern"), [
-    ("llama2", {}, r"unknown model preset 'llama2'.*choose one of \{llama3\.1-405b, .*tiny\}"),
+    ("llama2", {}, r"unknown model preset 'llama2'.*choose one of \{llama3\.1-405b, .*tiny-task\}"),
     ("tiny", {"hidden": 3}, r"\{hidden\}.*valid fields are .*hidden_size"),
     ("tiny", {"num_layers": 0}, r"num_layers \(0\) must be >= 1"),
     ("tiny", {"vocab_size": -5}, r"vocab_size \(-5\) must be >= 1"),
