@@ -16,6 +16,7 @@ from megatron_tulu.config.recipe import (
     recipe_to_dict,
     save_resolved,
 )
+from megatron_tulu.config.rlvr import RLVRConfig, RolloutSection, ValueModelConfig
 from megatron_tulu.config.training import PRECISIONS, RECOMPUTE_MODES, TrainingConfig
 
 __all__ = [
@@ -33,9 +34,12 @@ __all__ = [
     "OptimizerConfig",
     "ParallelConfig",
     "ParallelDims",
+    "RLVRConfig",
     "RankCoords",
     "RecipeConfig",
+    "RolloutSection",
     "TrainingConfig",
+    "ValueModelConfig",
     "load_recipe",
     "model_preset",
     "parse_override",

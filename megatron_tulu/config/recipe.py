@@ -32,6 +32,7 @@ from megatron_tulu.config.dpo import DPOConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims
+from megatron_tulu.config.rlvr import RLVRConfig, RolloutSection, ValueModelConfig
 from megatron_tulu.config.training import TrainingConfig
 
 DEFAULT_MODEL_PRESET = "tiny"
@@ -42,6 +43,9 @@ SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "data": DataConfig,
     "dpo": DPOConfig,
+    "rlvr": RLVRConfig,
+    "value": ValueModelConfig,
+    "rollout": RolloutSection,
 }
 
 
@@ -55,6 +59,9 @@ class RecipeConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rlvr: RLVRConfig = field(default_factory=RLVRConfig)
+    value: ValueModelConfig = field(default_factory=ValueModelConfig)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():

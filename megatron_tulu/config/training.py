@@ -13,7 +13,7 @@ from megatron_tulu.config._validate import (
 )
 
 PRECISIONS = ("fp32", "bf16")
-STAGES = ("pretrain", "sft", "dpo")
+STAGES = ("pretrain", "sft", "dpo", "rlvr")
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 
