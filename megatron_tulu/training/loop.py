@@ -25,6 +25,7 @@ from megatron_tulu.training.engine import build_engine
 from megatron_tulu.training.forward_steps import MicroBatch, sft_forward_step
 from megatron_tulu.training.metrics import MetricsWriter
 from megatron_tulu.training.progress import Progress
+from megatron_tulu.training.signals import StopSignal, write_status
 from megatron_tulu.training.step import split_global_batch, train_step
 
 GENERATED_CORPUS_LINES = 20_000
@@ -77,6 +78,7 @@ class TrainSummary:
     steps: int
     tokens_per_s: float  # the report's count per second (tokens; pairs for DPO)
     output_dir: str
+    stopped_by: str = ""  # "SIGUSR1"/"SIGTERM" or "exit_interval" when stopped early; "": ran out
 
 
 def _check_hf_matches(recipe: RecipeConfig) -> None:
@@ -123,6 +125,23 @@ def _resume_step(resume: str, ckpt_dir: str) -> int | str | None:
     return "latest" if resume == "latest" else int(resume)
 
 
+def _report_end(stopped_by: str, step: int, saved: Path | None) -> None:
+    """Rank 0: one log line when stopped early, and the end state for the launch script."""
+    where = str(saved) if saved is not None else None
+    if stopped_by:
+        cause = f"signal {stopped_by}" if stopped_by.startswith("SIG") else stopped_by
+        if where:
+            print(f"saved checkpoint at step {step} after {cause} ({where}); exiting", flush=True)
+        else:
+            print(
+                f"stopped at step {step} after {cause} WITHOUT a checkpoint "
+                "(training.save_interval=0 and no training.checkpoint_dir); exiting",
+                flush=True,
+            )
+    state = "stopped" if stopped_by else "finished"
+    write_status(state, step=step, reason=stopped_by, checkpoint=where)
+
+
 def run_training(
     recipe: RecipeConfig,
     make_source: Callable[[RecipeConfig, ParallelDims], BatchSource] = text_source,
@@ -133,8 +152,11 @@ def run_training(
     dims = recipe.resolve_parallel(world)
     tcfg = recipe.training
     _check_hf_matches(recipe)
-    init_parallel(dims, seed=tcfg.seed)
+    # SIGUSR1/SIGTERM (also during start-up) are set aside until the end of a step; all ranks
+    # then stop after the same step (checked collectively), save and return (training/signals.py)
+    stop = StopSignal().install()
     try:
+        init_parallel(dims, seed=tcfg.seed)
         is_logger = dist.get_rank() == dist.get_world_size() - 1  # last stage knows the loss
         ckpt_dir = tcfg.resolved_checkpoint_dir()
         resume_step = _resume_step(tcfg.resume, ckpt_dir)
@@ -191,6 +213,7 @@ def run_training(
             tokenizer=source.tokenizer_ref,
             keep_last=tcfg.keep_last or None,
         )
+        stopped_by, last_step, saved = "", first_step - 1, None
         with Progress(
             tcfg.train_steps, enabled=is_logger, label="train", completed=first_step - 1
         ) as bar:
@@ -219,13 +242,21 @@ def run_training(
                             **(source_metrics(result.totals) if source_metrics else {}),
                         },
                     )
+                last_step = step
+                signalled = stop.should_stop()  # collective, every step
                 exiting = bool(tcfg.exit_interval) and step - first_step + 1 >= tcfg.exit_interval
-                if tcfg.save_interval and (
+                periodic = bool(tcfg.save_interval) and (
                     step % tcfg.save_interval == 0 or step == tcfg.train_steps or exiting
-                ):
-                    save(step=step, consumed_samples=consumed)
-                if exiting:
+                )
+                can_save = bool(tcfg.save_interval) or tcfg.checkpoint_dir is not None
+                saved = None
+                if periodic or (signalled and can_save):
+                    saved = save(step=step, consumed_samples=consumed)
+                if (signalled or exiting) and step < tcfg.train_steps:
+                    stopped_by = stop.name if signalled else "exit_interval"
                     break
+        if dist.get_rank() == 0:
+            _report_end(stopped_by, last_step, saved)
         elapsed = time.perf_counter() - start
         writer.plot("loss", "loss.png", title=f"training loss ({recipe.model.name})")
         writer.close()
@@ -235,6 +266,8 @@ def run_training(
             steps=len(losses),
             tokens_per_s=total_tokens / elapsed,
             output_dir=tcfg.output_dir,
+            stopped_by=stopped_by,
         )
     finally:
+        stop.uninstall()
         destroy_parallel()
