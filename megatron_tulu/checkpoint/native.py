@@ -70,7 +70,10 @@ def _layout(engine: Engine) -> dict[str, Any]:
         "dp": d.dp,
         "world_size": d.world_size,
         "padded_vocab_size": engine.model.padded_vocab_size(d.tp),
-        "distributed_optimizer": bool(engine.chunks[0].ddp_config.use_distributed_optimizer),
+        # A frozen model (no DDP wrapper, no optimizer) reports False.
+        "distributed_optimizer": bool(
+            getattr(getattr(engine.chunks[0], "ddp_config", None), "use_distributed_optimizer", 0)
+        ),
     }
 
 

@@ -165,10 +165,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield line_no, RowProblem(BROKEN_JSON, f"column {err.colno}: {err.msg}")
 
 
-def check_conversation(messages: Any, *, where: str = "messages") -> list[dict[str, str]]:
+def check_conversation(
+    messages: Any, *, where: str = "messages", require_assistant: bool = True
+) -> list[dict[str, str]]:
     """``messages`` as a list of {"role", "content"} dicts, or ``RowProblem`` saying why not.
 
-    Requires known roles, non-empty contents and at least one assistant turn.
+    Requires known roles, non-empty contents and (unless a prompt) an assistant turn.
     """
     if not isinstance(messages, list) or not messages:
         raise RowProblem(BAD_FORMAT, f"{where} must be a non-empty list of messages")
@@ -188,6 +190,6 @@ def check_conversation(messages: Any, *, where: str = "messages") -> list[dict[s
         if not content.strip():
             raise RowProblem(EMPTY_CONTENT, f"{where}[{i}] ({role}) has empty content")
         out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
+    if require_assistant and not any(m["role"] == "assistant" for m in out):
         raise RowProblem(NO_ASSISTANT_TURN, f"{where} has no assistant turn")
     return out

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if recipe.training.stage == "rlvr":
+        return _run_rlvr(recipe)
     try:
         if recipe.training.stage == "sft":
             from megatron_tulu.trainers.sft import sft_source
@@ -49,6 +51,24 @@ def main(argv: list[str] | None = None) -> int:
             f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> "
             f"{summary.last_loss:.4f}, {summary.tokens_per_s:.0f} tokens/s; "
             f"metrics in {summary.output_dir}/metrics.jsonl, plot {summary.output_dir}/loss.png"
+        )
+    return 0
+
+
+def _run_rlvr(recipe) -> int:
+    from megatron_tulu.rl.trainer import run_rlvr
+
+    try:
+        summary = run_rlvr(recipe)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
+        evals = ", ".join(f"step {s}: {a:.3f}" for s, a in summary.eval_accuracy)
+        print(
+            f"done: {summary.steps} RLVR steps, reward {summary.first_reward:.3f} -> "
+            f"{summary.last_reward:.3f}; held-out accuracy {evals or 'not evaluated'}; "
+            f"metrics in {summary.output_dir}/metrics.jsonl"
         )
     return 0
 

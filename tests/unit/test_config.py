@@ -321,7 +321,8 @@ def test_override_preset(tmp_path: Path) -> None:
      r"'parallel\.tpp=2': valid fields are \{tp, pp, vpp, sequence_parallel, "
      r"micro_batch_size, global_batch_size\}")),
     ("dataset.path=x",
-     r"unknown section 'dataset' .*\{model, parallel, optimizer, training, data, dpo, rlvr, value, rollout\}"),
+     r"unknown section 'dataset' .*\{model, parallel, optimizer, training, data, dpo, rlvr, "
+     r"value, rollout\}"),
     ("model.preset=llama9", r"unknown model preset 'llama9'"),
 ])
 def test_overrides_errors(override: str, pattern: str | None) -> None:
@@ -336,7 +337,8 @@ def test_overrides_errors(override: str, pattern: str | None) -> None:
     ("parallel:\n  tensor_parallel: 2\n",
      r"unknown field 'tensor_parallel' in section 'parallel' of recipe file '.*recipe\.yaml'"),
     ("trainer:\n  train_steps: 2\n", (r"unknown section 'trainer' in recipe file "
-     r"'.*recipe\.yaml': valid sections are \{model, parallel, optimizer, training, data, dpo, rlvr, value, rollout\}")),
+     r"'.*recipe\.yaml': valid sections are \{model, parallel, optimizer, training, data, "
+     r"dpo, rlvr, value, rollout\}")),
     ("parallel: 2\n", r"section 'parallel' of recipe file '.*recipe\.yaml' must be a mapping"),
     ("- 1\n", r"recipe file '.*recipe\.yaml' must be a mapping of sections"),
     ("parallel: {pp: x}\n", r"cannot set parallel\.pp to 'x': expected an integer"),

@@ -1,0 +1,87 @@
+"""PPO's helper value model: a megatron Llama of its own size with a scalar head.
+
+The body is the same GPTModel the policy uses (built by :func:`build_model_chunks` with the
+value model's ModelConfig); on the last pipeline stage the vocabulary projection is replaced by
+:class:`ValueHead`, a [1, hidden] linear replicated on the tensor-parallel ranks. Under sequence
+parallelism the head first gathers the sequence, so every TP rank sees the same hidden states and
+computes the same gradient for the replicated weight. The head starts at zero (all values 0), as
+a fresh head on a reward-model body would be fine-tuned from.
+
+Layout: the helper runs on the trainer's TP/PP/DP layout (megatron-core 0.16 keeps one global
+parallel state per process); its size (layers, width) is its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_tulu.config import ModelConfig
+from megatron_tulu.models.hf_io import HFTensorReader, _layer_numbers
+from megatron_tulu.models.hf_mapping import hf_to_local, map_param
+
+VALUE_HEAD = "output_layer"
+
+
+class ValueHead(torch.nn.Module):
+    """Drop-in for GPTModel's output layer: hidden [s, b, h] -> values [s, b, 1] (fp32)."""
+
+    def __init__(self, hidden_size: int, *, sequence_parallel: bool) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, hidden_size))
+        self.sequence_parallel = sequence_parallel
+
+    def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
+        if self.sequence_parallel:
+            # Every TP rank computes the same values and loss: the backward must split the
+            # gradient back to the sequence shards, not sum it over the TP ranks.
+            hidden = gather_from_sequence_parallel_region(
+                hidden, tensor_parallel_output_grad=False,
+                group=ps.get_tensor_model_parallel_group(),
+            )  # fmt: skip
+        return hidden.float() @ self.weight.float().t(), None
+
+
+def install_value_heads(chunks: list[MegatronModule], model: ModelConfig) -> None:
+    """Replace the last stage's vocabulary projection by a zero-initialised value head."""
+    for chunk in chunks:
+        if getattr(chunk, "post_process", False):
+            sp = bool(chunk.config.sequence_parallel)
+            device = chunk.decoder.final_layernorm.weight.device
+            chunk.output_layer = ValueHead(model.hidden_size, sequence_parallel=sp).to(device)
+
+
+@torch.no_grad()
+def load_value_body(
+    chunks: list[MegatronModule], hf_dir: str | Path, *, model: ModelConfig, tp: int, tp_rank: int
+) -> int:
+    """Copy an HF Llama's weights into the value model, except the head (kept at zero).
+
+    ``model`` is the value model's config; the HF checkpoint must have the same width, and at
+    least as many layers (a deeper checkpoint gives its first ``num_layers`` layers).
+    """
+    reader = HFTensorReader(hf_dir)
+    count = 0
+    for chunk in chunks:
+        numbers = _layer_numbers(chunk)
+        for name, param in chunk.named_parameters():
+            if name.startswith(VALUE_HEAD):
+                continue
+            mapping = map_param(name, numbers)
+            local = hf_to_local(
+                mapping, [reader.get(n) for n in mapping.hf_names], model=model, tp=tp,
+                tp_rank=tp_rank,
+            )  # fmt: skip
+            if local.shape != param.shape:
+                raise ValueError(
+                    f"value model {name}: checkpoint {hf_dir} gives shape {tuple(local.shape)}, "
+                    f"the value model needs {tuple(param.shape)}: give value.preset / "
+                    "value.num_layers matching that checkpoint"
+                )
+            param.copy_(local.to(param.dtype))
+            count += 1
+    return count
