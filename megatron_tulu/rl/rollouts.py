@@ -39,11 +39,19 @@ class Rollouts:
     texts: list[str] = field(default_factory=list)
 
 
+def stop_token_ids(tokenizer: Any, template: Any) -> list[int]:
+    """The ids that end an assistant turn: EOS, and the template's end-of-turn token if any."""
+    ids = [tokenizer.eos_id]
+    eot = getattr(template, "special_ids", {}).get("<|eot_id|>")
+    return ids + ([eot] if eot is not None and eot not in ids else [])
+
+
 def generate_and_verify(
     engine: Any,
     prompts: Sequence[RLPrompt],
     *,
     tokenizer: Any,
+    stop_ids: Sequence[int],
     n: int,
     temperature: float,
     max_tokens: int,
@@ -54,10 +62,9 @@ def generate_and_verify(
     from megatron_tulu.rewards import verify
 
     t0 = time.perf_counter()
-    eos = tokenizer.eos_id
     samples = engine.generate(
         [p.prompt_ids for p in prompts], n=n, temperature=temperature, max_tokens=max_tokens,
-        seed=seed, stop_token_ids=[eos],
+        seed=seed, stop_token_ids=list(stop_ids),
     )  # fmt: skip
     t1 = time.perf_counter()
     out = Rollouts(
@@ -66,7 +73,7 @@ def generate_and_verify(
     )  # fmt: skip
     for prompt, group in zip(prompts, samples, strict=True):
         for s in group:
-            ended = s.finish_reason == "stop" and bool(s.token_ids) and s.token_ids[-1] == eos
+            ended = s.finish_reason == "stop" and bool(s.token_ids) and s.token_ids[-1] in stop_ids
             body = s.token_ids[:-1] if ended else s.token_ids
             text = tokenizer.decode(body, skip_special_tokens=True)
             result = verify(prompt.verifier, text, prompt.ground_truth)
@@ -100,14 +107,18 @@ def broadcast_rollouts(payload: Rollouts | BaseException | None) -> Rollouts:
 class Generator:
     """Rank 0's access to the engine, synchronous or one step ahead (asynchronous RLVR)."""
 
-    def __init__(self, engine: Any, tokenizer: Any, recipe_rl: Any, seed: int) -> None:
+    def __init__(
+        self, engine: Any, tokenizer: Any, stop_ids: Sequence[int], recipe_rl: Any, seed: int
+    ) -> None:
         self.engine, self.tokenizer, self.rl, self.seed = engine, tokenizer, recipe_rl, seed
+        self.stop_ids = list(stop_ids)
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-rollout")
         self._pending: tuple[int, cf.Future] | None = None
 
     def _run(self, prompts: Sequence[RLPrompt], step: int, version: int) -> Rollouts:
         return generate_and_verify(
-            self.engine, prompts, tokenizer=self.tokenizer, n=self.rl.samples_per_prompt,
+            self.engine, prompts, tokenizer=self.tokenizer, stop_ids=self.stop_ids,
+            n=self.rl.samples_per_prompt,
             temperature=self.rl.temperature, max_tokens=self.rl.max_response_tokens,
             seed=self.seed + 100_003 * step, policy_version=version,
         )  # fmt: skip
@@ -138,20 +149,23 @@ class Generator:
 
 
 def greedy_accuracy(
-    engine: Any, prompts: Sequence[RLPrompt], tokenizer: Any, max_tokens: int
+    engine: Any,
+    prompts: Sequence[RLPrompt],
+    tokenizer: Any,
+    stop_ids: Sequence[int],
+    max_tokens: int,
 ) -> dict[str, float]:
     """On rank 0: greedy answers to held-out prompts, scored by their verifiers; accuracy
     overall and per dataset."""
     from megatron_tulu.rewards import verify
 
-    eos = tokenizer.eos_id
     samples = engine.generate(
         [p.prompt_ids for p in prompts], n=1, temperature=0.0, max_tokens=max_tokens,
-        seed=0, stop_token_ids=[eos],
+        seed=0, stop_token_ids=list(stop_ids),
     )  # fmt: skip
     per: dict[str, list[bool]] = {}
     for prompt, (s,) in zip(prompts, samples, strict=True):
-        ids = s.token_ids[:-1] if s.token_ids and s.token_ids[-1] == eos else s.token_ids
+        ids = s.token_ids[:-1] if s.token_ids and s.token_ids[-1] in stop_ids else s.token_ids
         ok = verify(prompt.verifier, tokenizer.decode(ids, skip_special_tokens=True),
                     prompt.ground_truth).correct  # fmt: skip
         per.setdefault(prompt.dataset, []).append(bool(ok))

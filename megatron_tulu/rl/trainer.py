@@ -38,7 +38,12 @@ from megatron_tulu.parallel import destroy_parallel, init_parallel
 from megatron_tulu.rl.batch import build_rollout_batch
 from megatron_tulu.rl.models import build_policy, build_reference, build_value
 from megatron_tulu.rl.prompts import RLPrompt, read_rl_prompts
-from megatron_tulu.rl.rollouts import Generator, broadcast_rollouts, greedy_accuracy
+from megatron_tulu.rl.rollouts import (
+    Generator,
+    broadcast_rollouts,
+    greedy_accuracy,
+    stop_token_ids,
+)
 from megatron_tulu.rl.update import learn
 from megatron_tulu.training.metrics import MetricsWriter
 from megatron_tulu.training.progress import Progress
@@ -79,7 +84,7 @@ def _data(recipe: RecipeConfig):
     if dist.get_rank() == 0:
         print(f"RL prompts {train}: {report.summary()}", flush=True)
     ref = {"path": str(Path(tok).resolve()), "chat_template": data.chat_template}
-    return tokenizer, prompts, eval_prompts, ref
+    return tokenizer, stop_token_ids(tokenizer, template), prompts, eval_prompts, ref
 
 
 def step_prompts(prompts: list[RLPrompt], step: int, per_step: int, seed: int) -> list[RLPrompt]:
@@ -154,7 +159,7 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
         policy = build_policy(recipe, dims, options)
         value = build_value(recipe, dims, options) if ppo else None
         reference = build_reference(recipe, dims, options) if rl.kl_beta > 0 else None
-        tokenizer, prompts, eval_prompts, tok_ref = _data(recipe)
+        tokenizer, stop_ids, prompts, eval_prompts, tok_ref = _data(recipe)
         first = 1
         if resume is not None:
             info = load_checkpoint(policy, root / "policy", step=resume)
@@ -165,7 +170,7 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
         engine = _start_engine(recipe, policy, tok_ref)
         sync = push_policy_weights(policy.raw_chunks(), model=recipe.model, engine=engine)
         if dist.get_rank() == 0:
-            generator = Generator(engine, tokenizer, rl, seed=t.seed)
+            generator = Generator(engine, tokenizer, stop_ids, rl, seed=t.seed)
         save_kwargs = {"recipe": recipe_to_dict(recipe), "tokenizer": tok_ref,
                        "keep_last": t.keep_last or None}  # fmt: skip
 
@@ -183,7 +188,9 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
         def evaluate(step: int) -> dict[str, float]:
             holder = [None]
             if dist.get_rank() == 0:
-                holder[0] = greedy_accuracy(engine, eval_prompts, tokenizer, rl.max_response_tokens)
+                holder[0] = greedy_accuracy(
+                    engine, eval_prompts, tokenizer, stop_ids, rl.max_response_tokens
+                )
             dist.broadcast_object_list(holder, src=0)
             return holder[0]
 

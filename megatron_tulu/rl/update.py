@@ -135,6 +135,8 @@ def learn(
         "approx_kl_old_new": float(totals[4]) / tokens,
         "logprob_drift_mean": _masked_mean(drift, mask),
         "logprob_drift_max": float(drift.max()),
+        "vllm_logprob_mean": _masked_mean(batch.vllm_logp, mask),
+        "trainer_logprob_mean": _masked_mean(old_logp, mask),
         "policy_grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
         "time_forward_s": t_forward,
         "time_train_s": t_train,

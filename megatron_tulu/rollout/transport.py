@@ -29,6 +29,7 @@ run here (no GPU on the development machines).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -62,6 +63,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
+_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
+
+
 def device_backend() -> str:
     """The group backend for this machine: NCCL where CUDA is present, gloo otherwise."""
     return "nccl" if torch.cuda.is_available() else "gloo"
@@ -70,12 +74,22 @@ def device_backend() -> str:
 def open_group(
     *, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
 ) -> Any:
-    """Joins (rank 0: hosts) the private group; blocks until all ``world_size`` ranks joined."""
+    """Joins (rank 0: hosts) the private group; blocks until all ``world_size`` ranks joined.
+
+    Under torchrun, ``TORCHELASTIC_USE_AGENT_STORE=True`` (inherited by the vLLM workers too)
+    makes torch's TCP rendezvous connect every rank as a client of the elastic agent's store, so
+    nobody would host this group's store: it is lifted for the duration of the rendezvous.
+    """
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-    return stateless_init_torch_distributed_process_group(
-        host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s)
-    )
+    agent = os.environ.pop(_AGENT_STORE, None)
+    try:
+        return stateless_init_torch_distributed_process_group(
+            host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s)
+        )
+    finally:
+        if agent is not None:
+            os.environ[_AGENT_STORE] = agent
 
 
 def close_group(group: Any) -> None:
