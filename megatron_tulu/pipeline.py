@@ -1,0 +1,189 @@
+"""The main job: the whole Tülu 3 recipe (SFT -> DPO -> RLVR) on the embedded tiny task, on one
+CPU machine, over two processes per stage (TP2), with vLLM rollouts and the helper value model.
+
+    python -m megatron_tulu.pipeline [--out runs/tulu3-tiny] [--sft-steps 600] [--rl-steps 40]
+
+After each stage the held-out answer accuracy (300 arithmetic problems, greedy) is measured;
+the end prints the table, saves ``accuracy.png`` (plus each stage's loss / reward plots), exports
+the final policy to Hugging Face format and checks that transformers and vLLM load it and give
+the same greedy answers as the native checkpoint (decoded by the megatron model itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(name: str, recipe: str, *overrides: str) -> float:
+    print(f"\n=== {name}: {recipe} ===", flush=True)
+    cmd = ["bash", str(ROOT / "launch/local/train.sh"), "2", "--recipe", recipe, *overrides]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+@__import__("torch").no_grad()
+def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list[int]):
+    """Greedy continuations decoded by the megatron model (TP1, this process) from a native
+    checkpoint: the reference the exported model must reproduce."""
+    import torch
+
+    from megatron_tulu.checkpoint.native import load_checkpoint
+    from megatron_tulu.config import ParallelConfig, load_recipe
+    from megatron_tulu.models.llama import BuildOptions, build_model_chunks
+    from megatron_tulu.parallel import destroy_parallel, init_parallel
+    from megatron_tulu.rl.models import FrozenModel
+    from megatron_tulu.training.step import forward_logits
+
+    recipe = load_recipe(ROOT / "recipes/tulu3-rlvr-tiny-cpu.yaml")
+    model = recipe.model
+    out = []
+    for prompt in prompts:
+        dims = ParallelConfig().resolve(1, model)
+        init_parallel(dims, seed=0)
+        try:
+            chunks = build_model_chunks(model, dims, BuildOptions())
+            frozen = FrozenModel(model=model, dims=dims, chunks=chunks, options=BuildOptions())
+            load_checkpoint(frozen, ckpt, weights_only=True)
+            for c in chunks:
+                c.eval()
+            ids = list(prompt)
+            for _ in range(max_new):
+                t = torch.tensor([ids])
+                mb = {"tokens": t, "labels": t, "loss_mask": torch.ones_like(t, dtype=torch.float),
+                      "position_ids": torch.arange(len(ids)).unsqueeze(0)}  # fmt: skip
+                (logits,) = forward_logits(chunks, dims, [mb], model.vocab_size)
+                nxt = int(logits[0, -1].argmax())
+                ids.append(nxt)
+                if nxt in stop:
+                    break
+            out.append(ids[len(prompt) :])
+        finally:
+            destroy_parallel()
+    return out
+
+
+def check_export(ckpt: Path, hf_out: Path, task: Path, n: int = 8, max_new: int = 64) -> dict:
+    """Export to HF; transformers and vLLM greedy answers must equal the native model's."""
+    import torch
+    import transformers
+
+    from megatron_tulu.checkpoint.convert import native_to_hf
+    from megatron_tulu.data.chat_templates import get_chat_template
+    from megatron_tulu.data.tokenizers import load_tokenizer
+    from megatron_tulu.rl.rollouts import stop_token_ids
+    from megatron_tulu.rollout.config import RolloutConfig
+    from megatron_tulu.rollout.engine import RolloutEngine
+
+    hf = native_to_hf(ckpt, hf_out, overwrite=True)
+    tok = load_tokenizer(hf)
+    template = get_chat_template("tulu", tok)
+    stops = stop_token_ids(tok, template)
+    rows = [json.loads(x) for x in (task / "eval.jsonl").read_text().splitlines()][:n]
+    prompts = [template.render_prompt(r["messages"]) for r in rows]
+    native = native_greedy(ckpt, prompts, max_new, stops)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    hf_out_ids = []
+    for p in prompts:
+        g = model.generate(torch.tensor([p]), max_new_tokens=max_new, do_sample=False,
+                           eos_token_id=stops, pad_token_id=tok.pad_id)  # fmt: skip
+        hf_out_ids.append(g[0, len(p) :].tolist())
+    cfg = RolloutConfig(model_dir=str(hf), dtype="float32", max_model_len=512)
+    with RolloutEngine(cfg).start() as engine:
+        samples = engine.generate(prompts, n=1, temperature=0.0, max_tokens=max_new,
+                                  stop_token_ids=stops)  # fmt: skip
+    vllm_ids = [s[0].token_ids for s in samples]
+    answers = [tok.decode(a, skip_special_tokens=True) for a in native]
+    return {
+        "hf_dir": str(hf),
+        "prompts": n,
+        "transformers_equal_native": hf_out_ids == native,
+        "vllm_equal_native": vllm_ids == native,
+        "example": {"question": rows[0]["messages"][0]["content"], "answer": answers[0]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/tulu3-tiny")
+    parser.add_argument("--sft-steps", type=int, default=600)
+    parser.add_argument("--dpo-steps", type=int, default=40)
+    parser.add_argument("--rl-steps", type=int, default=40)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    from megatron_tulu.data.build_task import TaskConfig, build_task
+    from megatron_tulu.eval.arith import evaluate_native
+
+    out = (ROOT / args.out).resolve()
+    task = out / "task"
+    if not (task / "task.json").exists():
+        build_task(task, TaskConfig(seed=0, chat_template="tulu"))
+    base = [f"data.task_dir={task}", "training.resume=none"]
+    ck = {s: out / s / "checkpoints" for s in ("sft", "dpo", "rlvr")}
+    times = {"sft": _stage(
+        "stage 1: SFT", "recipes/tulu3-sft-tiny-cpu.yaml", *base,
+        f"training.output_dir={out / 'sft'}", f"training.train_steps={args.sft_steps}",
+        f"training.save_interval={args.sft_steps}",
+    )}  # fmt: skip
+    times["dpo"] = _stage(
+        "stage 2: DPO", "recipes/tulu3-dpo-tiny-cpu.yaml", *base,
+        f"training.output_dir={out / 'dpo'}", f"training.init_from_native={ck['sft']}",
+        f"training.train_steps={args.dpo_steps}", f"training.save_interval={args.dpo_steps}",
+    )  # fmt: skip
+    times["rlvr"] = _stage(
+        "stage 3: RLVR (PPO, vLLM rollouts, helper value model)",
+        "recipes/tulu3-rlvr-tiny-cpu.yaml", *base, f"training.output_dir={out / 'rlvr'}",
+        f"training.init_from_native={ck['dpo']}", f"value.init_from_native={ck['sft']}",
+        f"training.train_steps={args.rl_steps}", f"training.save_interval={args.rl_steps}",
+    )  # fmt: skip
+    print("\n=== held-out accuracy (300 problems, greedy) ===", flush=True)
+    acc = {}
+    for stage, root in ck.items():
+        r = evaluate_native(root, task / "eval.jsonl", tokenizer_path=task / "tokenizer", limit=300)
+        acc[stage] = {"accuracy": r.accuracy, "by_level": r.by_level}
+    export = check_export(ck["rlvr"], out / "hf", task)
+    _report(out, acc, times, export)
+    ok = export["transformers_equal_native"] and export["vllm_equal_native"]
+    return 0 if ok else 1
+
+
+def _report(out: Path, acc: dict, times: dict, export: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    print(
+        f"\n{'stage':<8} {'accuracy':>9}  {'level 1':>8} {'level 2':>8} {'level 3':>8} {'time':>7}"
+    )
+    for stage, a in acc.items():
+        lv = [a["by_level"].get(k, a["by_level"].get(str(k), 0.0)) for k in (1, 2, 3)]
+        print(f"{stage:<8} {a['accuracy']:>9.3f}  {lv[0]:>8.3f} {lv[1]:>8.3f} {lv[2]:>8.3f} "
+              f"{times[stage]:>6.0f}s")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(list(acc), [a["accuracy"] for a in acc.values()], color=["C0", "C1", "C2"])
+    ax.set(title="held-out answer accuracy after each stage", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    summary = {"accuracy": acc, "stage_seconds": times, "export": export}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nexported {export['hf_dir']}: transformers == native greedy: "
+          f"{export['transformers_equal_native']}, vLLM == native greedy: "
+          f"{export['vllm_equal_native']} ({export['prompts']} prompts)")  # fmt: skip
+    print(f"example: {export['example']['question']!r} -> {export['example']['answer']!r}")
+    print(
+        f"plots: {out}/accuracy.png, {out}/*/loss.png, {out}/rlvr/reward.png; "
+        f"summary: {out}/summary.json"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
