@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench-sft-dpo")
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--dpo-steps", type=int, default=60)
+    parser.add_argument("--dpo-lr", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--reuse-sft", action="store_true", help="keep an existing SFT run")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     from megatron_tulu.data.build_task import TaskConfig, build_task
@@ -71,15 +73,19 @@ def main() -> int:
         build_task(task, TaskConfig(seed=0, chat_template="tulu"))
     common = [f"data.task_dir={task}"]
     sft_dir, dpo_dir = out / "sft", out / "dpo"
-    sft_s = _train(
-        "recipes/tulu3-sft-tiny-cpu.yaml", *common, f"training.output_dir={sft_dir}",
-        f"training.train_steps={args.sft_steps}", f"training.save_interval={args.sft_steps}",
-    )  # fmt: skip
+    if args.reuse_sft and (sft_dir / "checkpoints" / "latest").is_file():
+        sft_s = sum(r["step_time_s"] for r in _records(sft_dir))  # steps only, no start-up
+    else:
+        sft_s = _train(
+            "recipes/tulu3-sft-tiny-cpu.yaml", *common, f"training.output_dir={sft_dir}",
+            f"training.train_steps={args.sft_steps}", f"training.save_interval={args.sft_steps}",
+        )  # fmt: skip
+    lr = [f"optimizer.lr={args.dpo_lr}"] if args.dpo_lr is not None else []
     dpo_s = _train(
         "recipes/tulu3-dpo-tiny-cpu.yaml", *common, f"training.output_dir={dpo_dir}",
         f"training.init_from_native={sft_dir / 'checkpoints'}",
         f"training.train_steps={args.dpo_steps}", f"training.save_interval={args.dpo_steps}",
-        "parallel.global_batch_size=32",
+        "parallel.global_batch_size=32", "training.resume=none", *lr,
     )  # fmt: skip
     tok = task / "tokenizer"
     evals = {}
