@@ -22,8 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _stage(name: str, recipe: str, *overrides: str) -> float:
+def _stage(name: str, recipe: str, out_dir: Path, *overrides: str) -> float:
+    """Runs one stage from scratch in ``out_dir`` (a previous run's directory is replaced)."""
+    import shutil
+
     print(f"\n=== {name}: {recipe} ===", flush=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    overrides = (*overrides, f"training.output_dir={out_dir}")
     cmd = ["bash", str(ROOT / "launch/local/train.sh"), "2", "--recipe", recipe, *overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -115,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/tulu3-tiny")
     parser.add_argument("--sft-steps", type=int, default=600)
-    parser.add_argument("--dpo-steps", type=int, default=40)
-    parser.add_argument("--rl-steps", type=int, default=40)
+    parser.add_argument("--dpo-steps", type=int, default=60)
+    parser.add_argument("--rl-steps", type=int, default=20)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     from megatron_tulu.data.build_task import TaskConfig, build_task
@@ -129,18 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     base = [f"data.task_dir={task}", "training.resume=none"]
     ck = {s: out / s / "checkpoints" for s in ("sft", "dpo", "rlvr")}
     times = {"sft": _stage(
-        "stage 1: SFT", "recipes/tulu3-sft-tiny-cpu.yaml", *base,
-        f"training.output_dir={out / 'sft'}", f"training.train_steps={args.sft_steps}",
+        "stage 1: SFT", "recipes/tulu3-sft-tiny-cpu.yaml", out / "sft", *base,
+        f"training.train_steps={args.sft_steps}",
         f"training.save_interval={args.sft_steps}",
     )}  # fmt: skip
     times["dpo"] = _stage(
-        "stage 2: DPO", "recipes/tulu3-dpo-tiny-cpu.yaml", *base,
-        f"training.output_dir={out / 'dpo'}", f"training.init_from_native={ck['sft']}",
+        "stage 2: DPO", "recipes/tulu3-dpo-tiny-cpu.yaml", out / "dpo", *base,
+        f"training.init_from_native={ck['sft']}", "parallel.global_batch_size=32",
         f"training.train_steps={args.dpo_steps}", f"training.save_interval={args.dpo_steps}",
     )  # fmt: skip
     times["rlvr"] = _stage(
         "stage 3: RLVR (PPO, vLLM rollouts, helper value model)",
-        "recipes/tulu3-rlvr-tiny-cpu.yaml", *base, f"training.output_dir={out / 'rlvr'}",
+        "recipes/tulu3-rlvr-tiny-cpu.yaml", out / "rlvr", *base,
         f"training.init_from_native={ck['dpo']}", f"value.init_from_native={ck['sft']}",
         f"training.train_steps={args.rl_steps}", f"training.save_interval={args.rl_steps}",
     )  # fmt: skip
