@@ -66,3 +66,24 @@ def test_dpo_hyperparameters(name: str) -> None:
     assert r.optimizer.lr_warmup_ratio == pytest.approx(0.1)
     assert r.parallel.global_batch_size == batch
     assert r.training.seq_length == r.data.max_length == max_len
+
+
+@pytest.mark.parametrize("name", [*SFT, *DPO])
+def test_layout_fits_80gb_per_the_planner(name: str) -> None:
+    """The planner (tools/plan.py) puts each recipe's per-GPU memory under an 80 GB H100's."""
+    from megatron_tulu.planner.cli import build_parser, run
+
+    gpus = {**SFT, **DPO}[name][0]
+    r = _load(name)
+    p = r.parallel
+    argv = [
+        "--model", r.model.name, "--gpus", str(gpus), "--hardware", "H100",
+        "--tp", str(p.tp), "--pp", str(p.pp), "--micro-batch", str(p.micro_batch_size),
+        "--global-batch", str(p.global_batch_size), "--seq-len", str(r.training.seq_length),
+        "--recompute", r.training.recompute, "--json",
+    ]  # fmt: skip
+    if p.vpp:
+        argv += ["--vpp", str(p.vpp)]
+    out, _ = run(build_parser().parse_args(argv))
+    assert out["fits"], out
+    assert out["memory_gib_per_gpu"] < 76.0  # 80 GB less CUDA context and fragmentation
