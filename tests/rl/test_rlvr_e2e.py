@@ -102,3 +102,15 @@ def test_rlvr_runs_and_resumes_exactly(sft, tmp_path, name):
     assert [r["step"] for r in resumed] == [1, 2]
     for key in KEYS:
         assert resumed[1][key] == records[1][key], key
+
+
+def test_rlvr_asynchronous_is_one_step_off_policy(sft, tmp_path):
+    """rlvr.asynchronous: step t+1's samples are generated (with the weights before step t)
+    while step t trains; the logged staleness is 0 for the first step, then 1."""
+    ckpt, task = sft
+    res = _run(*_rl_args(ckpt, task, tmp_path / "async", "parallel.tp=2",
+                         "rlvr.asynchronous=true", "training.train_steps=3"))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    records = _records(tmp_path / "async")
+    assert [r["staleness"] for r in records] == [0, 1, 1]
+    assert all(r["logprob_drift_max"] < 1e-3 for r in records[:1])
