@@ -87,3 +87,21 @@ def test_layout_fits_80gb_per_the_planner(name: str) -> None:
     out, _ = run(build_parser().parse_args(argv))
     assert out["fits"], out
     assert out["memory_gib_per_gpu"] < 76.0  # 80 GB less CUDA context and fragmentation
+
+
+def test_rlvr_8b_recipe_has_tulu3_values_and_resolves_on_its_partition() -> None:
+    from megatron_tulu.rl.models import optimizer_steps
+
+    r = _load("tulu3-rlvr-8b")
+    rl = r.rlvr
+    assert (r.training.stage, rl.algorithm, r.optimizer.lr) == ("rlvr", "ppo", 3e-7)
+    assert (rl.kl_beta, rl.max_response_tokens, rl.max_prompt_tokens, rl.ppo_epochs) == (
+        0.05, 2048, 2048, 4,
+    )  # fmt: skip
+    assert (rl.gamma, rl.lam, rl.clip_ratio, rl.value_coef, rl.correct_reward) == (
+        1.0, 0.95, 0.2, 0.1, 10.0,
+    )  # fmt: skip
+    dims = r.resolve_parallel(6)  # 8 GPUs less the 2 vLLM engines
+    assert dims.dp == 3 and rl.rollouts_per_step % dims.global_batch_size == 0
+    assert optimizer_steps(r) == r.training.train_steps * 4 * (240 // 30)
+    assert r.rollout.engine_gpus == r.rollout.vllm_tp * r.rollout.num_engines == 2
