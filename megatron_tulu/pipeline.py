@@ -22,17 +22,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+REUSE = False  # --reuse: keep a stage whose run finished before (its metrics say so)
+
+
 def _stage(name: str, recipe: str, out_dir: Path, *overrides: str) -> float:
     """Runs one stage from scratch in ``out_dir`` (a previous run's directory is replaced)."""
     import shutil
 
     print(f"\n=== {name}: {recipe} ===", flush=True)
+    done = out_dir / "summary-time.txt"
+    if REUSE and done.is_file():
+        print(f"reusing the finished run in {out_dir}", flush=True)
+        return float(done.read_text())
     shutil.rmtree(out_dir, ignore_errors=True)
     overrides = (*overrides, f"training.output_dir={out_dir}")
     cmd = ["bash", str(ROOT / "launch/local/train.sh"), "2", "--recipe", recipe, *overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    done.write_text(f"{seconds:.1f}\n")
+    return seconds
 
 
 @__import__("torch").no_grad()
@@ -122,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--dpo-steps", type=int, default=60)
     parser.add_argument("--rl-steps", type=int, default=20)
+    parser.add_argument("--reuse", action="store_true", help="keep stages that finished before")
     args = parser.parse_args(argv)
+    global REUSE
+    REUSE = args.reuse
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     from megatron_tulu.data.build_task import TaskConfig, build_task
     from megatron_tulu.eval.arith import evaluate_native
@@ -132,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (task / "task.json").exists():
         build_task(task, TaskConfig(seed=0, chat_template="tulu"))
     base = [f"data.task_dir={task}", "training.resume=none"]
-    ck = {s: out / s / "checkpoints" for s in ("sft", "dpo", "rlvr")}
+    ck = {s: out / s / "checkpoints" for s in ("sft", "dpo")}
+    ck["rlvr"] = out / "rlvr" / "checkpoints" / "policy"  # the RL state also holds "value"
     times = {"sft": _stage(
         "stage 1: SFT", "recipes/tulu3-sft-tiny-cpu.yaml", out / "sft", *base,
         f"training.train_steps={args.sft_steps}",
