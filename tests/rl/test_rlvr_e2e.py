@@ -114,3 +114,45 @@ def test_rlvr_asynchronous_is_one_step_off_policy(sft, tmp_path):
     records = _records(tmp_path / "async")
     assert [r["staleness"] for r in records] == [0, 1, 1]
     assert all(r["logprob_drift_max"] < 1e-3 for r in records[:1])
+
+
+def test_engine_death_saves_state_and_fails_clearly(sft, tmp_path):
+    """Killing the vLLM engine mid-run: every rank stops with an error naming the engine, and
+    the last finished step's full RL state is on disk (resume continues from it)."""
+    import time
+
+    import psutil
+
+    ckpt, task = sft
+    out = tmp_path / "dies"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "megatron_tulu.train",
+           *_rl_args(ckpt, task, out, "parallel.tp=2", "training.train_steps=50",
+                     "training.save_interval=0")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        metrics = out / "metrics.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        engines = [p for p in children if "VLLM::EngineCor" in " ".join(p.cmdline()) + p.name()]
+        assert engines, "no vLLM engine process found"
+        for p in engines:
+            p.kill()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "RolloutEngineDied" in err or "engine" in err.lower()
+    done = len(_records(out))
+    latest = (out / "checkpoints" / "policy" / "latest").read_text().strip()
+    # The last trained step is saved: killed while generating step k+1 -> k (= logged steps);
+    # killed while pushing step k's weights -> k, whose metrics were not logged yet.
+    assert int(latest.split("_")[-1]) in (done, done + 1)
+    assert (out / "checkpoints" / "value" / "latest").read_text().strip() == latest
