@@ -44,7 +44,6 @@ def _stage(name: str, recipe: str, out_dir: Path, *overrides: str) -> float:
     return seconds
 
 
-@__import__("torch").no_grad()
 def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list[int]):
     """Greedy continuations decoded by the megatron model (TP1, this process) from a native
     checkpoint: the reference the exported model must reproduce."""
@@ -57,31 +56,31 @@ def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list
     from megatron_tulu.rl.models import FrozenModel
     from megatron_tulu.training.step import forward_logits
 
-    recipe = load_recipe(ROOT / "recipes/tulu3-rlvr-tiny-cpu.yaml")
-    model = recipe.model
+    model = load_recipe(ROOT / "recipes/tulu3-rlvr-tiny-cpu.yaml").model
+    dims = ParallelConfig().resolve(1, model)
+    init_parallel(dims, seed=0)
     out = []
-    for prompt in prompts:
-        dims = ParallelConfig().resolve(1, model)
-        init_parallel(dims, seed=0)
-        try:
-            chunks = build_model_chunks(model, dims, BuildOptions())
-            frozen = FrozenModel(model=model, dims=dims, chunks=chunks, options=BuildOptions())
-            load_checkpoint(frozen, ckpt, weights_only=True)
-            for c in chunks:
-                c.eval()
-            ids = list(prompt)
-            for _ in range(max_new):
-                t = torch.tensor([ids])
-                mb = {"tokens": t, "labels": t, "loss_mask": torch.ones_like(t, dtype=torch.float),
-                      "position_ids": torch.arange(len(ids)).unsqueeze(0)}  # fmt: skip
-                (logits,) = forward_logits(chunks, dims, [mb], model.vocab_size)
-                nxt = int(logits[0, -1].argmax())
-                ids.append(nxt)
-                if nxt in stop:
-                    break
-            out.append(ids[len(prompt) :])
-        finally:
-            destroy_parallel()
+    try:
+        chunks = build_model_chunks(model, dims, BuildOptions())
+        frozen = FrozenModel(model=model, dims=dims, chunks=chunks, options=BuildOptions())
+        load_checkpoint(frozen, ckpt, weights_only=True)
+        for c in chunks:
+            c.eval()
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = list(prompt)
+                for _ in range(max_new):
+                    t = torch.tensor([ids])
+                    mb = {"tokens": t, "labels": t, "loss_mask": torch.ones(t.shape),
+                          "position_ids": torch.arange(len(ids)).unsqueeze(0)}  # fmt: skip
+                    (logits,) = forward_logits(chunks, dims, [mb], model.vocab_size)
+                    nxt = int(logits[0, -1].argmax())
+                    ids.append(nxt)
+                    if nxt in stop:
+                        break
+                out.append(ids[len(prompt) :])
+    finally:
+        destroy_parallel()
     return out
 
 

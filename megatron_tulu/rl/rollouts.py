@@ -144,6 +144,12 @@ class Generator:
         except Exception as exc:
             return exc
 
+    def wait_idle(self) -> None:
+        """Block until a generation started ahead (asynchronous mode) has finished; its result
+        stays pending for :meth:`wait`."""
+        if self._pending is not None:
+            self._pending[1].exception()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 

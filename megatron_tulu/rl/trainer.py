@@ -113,7 +113,7 @@ def _resume_step(recipe: RecipeConfig, root: Path, ppo: bool) -> int | None:
     return common
 
 
-def _start_engine(recipe: RecipeConfig, policy, tokenizer_ref: dict) -> object | None:
+def _start_engine(recipe: RecipeConfig) -> object | None:
     """Rank 0: a vLLM engine serving the policy's current weights (started from an HF export
     of the initial weights, then overwritten by the first push)."""
     from megatron_tulu.checkpoint.convert import native_to_hf
@@ -167,7 +167,7 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
                 load_checkpoint(value, root / "value", step=resume)
             first = info.step + 1
         writer = MetricsWriter(t.output_dir, enabled=is_logger, append=resume is not None)
-        engine = _start_engine(recipe, policy, tok_ref)
+        engine = _start_engine(recipe)
         sync = push_policy_weights(policy.raw_chunks(), model=recipe.model, engine=engine)
         if dist.get_rank() == 0:
             generator = Generator(engine, tokenizer, stop_ids, rl, seed=t.seed)
@@ -233,10 +233,8 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
                     recipe, step, rollouts, batch, policy=policy, value=value, reference=reference
                 )
                 version = step
-                if generator is not None and rl.asynchronous:
-                    pending = generator._pending
-                    if pending is not None:  # the engine must be idle before weights change
-                        pending[1].exception()
+                if generator is not None:
+                    generator.wait_idle()  # the engine must be idle before weights change
                 t1 = time.perf_counter()
                 try:
                     sync = push_policy_weights(
