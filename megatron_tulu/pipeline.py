@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,13 @@ def _stage(name: str, recipe: str, out_dir: Path, *overrides: str) -> float:
     seconds = time.perf_counter() - t0
     done.write_text(f"{seconds:.1f}\n")
     return seconds
+
+
+def _task_config(task: Path) -> dict | None:
+    try:
+        return json.loads((task / "task.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list[int]):
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/tulu3-tiny")
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--dpo-steps", type=int, default=60)
-    parser.add_argument("--rl-steps", type=int, default=20)
+    parser.add_argument("--rl-steps", type=int, default=40)
     parser.add_argument("--reuse", action="store_true", help="keep stages that finished before")
     args = parser.parse_args(argv)
     global REUSE
@@ -140,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = (ROOT / args.out).resolve()
     task = out / "task"
-    if not (task / "task.json").exists():
-        build_task(task, TaskConfig(seed=0, chat_template="tulu"))
+    want = TaskConfig(seed=0, chat_template="tulu")
+    if _task_config(task) != {**asdict(want), "levels": list(want.levels)}:
+        build_task(task, want)  # missing, or built by another version of the task
     base = [f"data.task_dir={task}", "training.resume=none"]
     ck = {s: out / s / "checkpoints" for s in ("sft", "dpo")}
     ck["rlvr"] = out / "rlvr" / "checkpoints" / "policy"  # the RL state also holds "value"
@@ -165,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     acc = {}
     for stage, root in ck.items():
         r = evaluate_native(root, task / "eval.jsonl", tokenizer_path=task / "tokenizer", limit=300)
-        acc[stage] = {"accuracy": r.accuracy, "by_level": r.by_level}
+        acc[stage] = {"accuracy": r.accuracy, "by_level": r.by_level, "by_source": r.by_source,
+                      "worked_fraction": r.worked_fraction}  # fmt: skip
     export = check_export(ck["rlvr"], out / "hf", task)
     _report(out, acc, times, export)
     ok = export["transformers_equal_native"] and export["vllm_equal_native"]
@@ -179,12 +189,19 @@ def _report(out: Path, acc: dict, times: dict, export: dict) -> None:
     import matplotlib.pyplot as plt
 
     print(
-        f"\n{'stage':<8} {'accuracy':>9}  {'level 1':>8} {'level 2':>8} {'level 3':>8} {'time':>7}"
+        f"\n{'stage':<8} {'accuracy':>9}  {'level 1':>8} {'level 2':>8} {'level 3':>8} "
+        f"{'story':>7} {'compact':>8} {'worked':>7} {'time':>7}"
     )
     for stage, a in acc.items():
         lv = [a["by_level"].get(k, a["by_level"].get(str(k), 0.0)) for k in (1, 2, 3)]
+        src = [a["by_source"].get(k, float("nan")) for k in ("story", "compact")]
         print(f"{stage:<8} {a['accuracy']:>9.3f}  {lv[0]:>8.3f} {lv[1]:>8.3f} {lv[2]:>8.3f} "
+              f"{src[0]:>7.3f} {src[1]:>8.3f} {a['worked_fraction']:>7.2f} "
               f"{times[stage]:>6.0f}s")  # fmt: skip
+    print(
+        "(story / compact: the task's two prompt sources; worked: share of greedy answers that "
+        "show worked steps)"
+    )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar(list(acc), [a["accuracy"] for a in acc.values()], color=["C0", "C1", "C2"])
     ax.set(title="held-out answer accuracy after each stage", ylim=(0, 1))

@@ -7,6 +7,10 @@ like GSM8K's. Problems go to the evaluation split by a hash of their question te
 evaluation never share a problem whatever the seed or sizes. Wrong solutions (for the rejected
 side of preference pairs) make one plausible mistake: an arithmetic slip, a wrong operation or a
 forgotten step.
+
+A problem can also be asked in a terse "compact" phrasing ("Mia has 12 shells, finds 5 more,
+then gives 4 away. How many shells now?") and answered briefly (only ``#### <answer>``, no worked
+steps): the task's second data source (see :mod:`megatron_tulu.data.build_task`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ _SOLVE = {
     "sub": "{v} - {k} = {r}",
     "mul": "{v} * {k} = {r}",
     "div": "{v} / {k} = {r}",
+}
+# The compact phrasing: one short clause per op ({k} amount).
+_COMPACT = {
+    "add": ("finds {k} more", "buys {k} more", "gets {k} more"),
+    "sub": ("gives {k} away", "loses {k}", "sells {k}"),
+    "mul": ("ends up with {k} times as many",),
+    "div": ("splits them into {k} equal shares and keeps one",),
 }
 _APPLY = {
     "add": lambda v, k: v + k,
@@ -80,6 +91,18 @@ class ArithProblem:
             sentences.append("Then " + ask.format(n=self.name, k=step.amount, item=self.item))
         sentences.append(f"How many {self.item} does {self.name} have now?")
         return " ".join(sentences)
+
+    def compact_question(self) -> str:
+        """The same problem in the terse phrasing of the task's second source."""
+        clauses = [
+            _COMPACT[s.op][s.phrasing % len(_COMPACT[s.op])].format(k=s.amount) for s in self.steps
+        ]
+        body = ", then ".join([", ".join(clauses[:-1]), clauses[-1]] if clauses[:-1] else clauses)
+        return f"{self.name} has {self.start} {self.item}, {body}. How many {self.item} now?"
+
+    def brief_solution(self) -> str:
+        """Only the final line, ``#### <answer>`` (no worked steps)."""
+        return f"#### {self.answer()}"
 
     def solution(self) -> str:
         """Worked steps, then ``#### <answer>``."""

@@ -8,6 +8,15 @@ templates and the chosen template in tokenizer_config.json) and ``task.json``. T
 preference and RL training problems are disjoint draws from the train split; ``sft_eval`` and
 ``eval`` hold the evaluation problems (as SFT rows and as RL prompts). Everything is a pure
 function of the config: the same seed gives byte-identical files.
+
+Two data sources, as real SFT mixtures have: the "story" source (the problem told in full
+sentences, always answered with worked steps) and the "compact" source (``compact_fraction`` of
+the problems, asked tersely; ``brief_fraction`` of its SFT and preference answers give only the
+final ``#### N`` line, the rest worked steps). A small model imitates both; without the worked
+steps it rarely gets a two- or three-step problem right, so on compact prompts the SFT policy
+mostly answers briefly and wrongly. A verifier reward tells the two behaviours apart (RLVR can
+learn to work the steps everywhere), a next-token loss on this data cannot. Every row names its
+``source``; RL and evaluation prompts mix both sources in the same proportion.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ class TaskConfig:
     eval_fraction: float = 0.1
     vocab_size: int = 1024
     chat_template: str = "tulu"
+    compact_fraction: float = 0.5  # problems asked in the compact phrasing (second source)
+    brief_fraction: float = 0.7  # compact-source SFT/preference answers without worked steps
 
     def __post_init__(self) -> None:
         for name in ("num_sft_train", "num_pref_train", "num_rl_train", "num_eval"):
@@ -47,6 +58,9 @@ class TaskConfig:
             raise ValueError(f"levels={self.levels} must be step counts between 1 and 5")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction={self.eval_fraction} must be strictly in (0, 1)")
+        for name in ("compact_fraction", "brief_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
         if self.chat_template not in chat_template_names():
             raise ValueError(
                 f"chat_template={self.chat_template!r} is unknown; choose one of "
@@ -54,30 +68,64 @@ class TaskConfig:
             )
 
 
-def user_turn(problem: ArithProblem) -> list[dict[str, str]]:
-    return [{"role": "user", "content": problem.question()}]
+@dataclass(frozen=True)
+class Sourced:
+    """A problem with its data source and answer style (both drawn once, by seed)."""
+
+    problem: ArithProblem
+    source: str  # "story" or "compact"
+    brief: bool  # SFT / preference answers give only the final line
+
+    def question(self) -> str:
+        p = self.problem
+        return p.compact_question() if self.source == "compact" else p.question()
+
+    def answer_text(self, text: str) -> str:
+        """A worked solution, or only its final line for a brief-answer problem."""
+        return text.splitlines()[-1] if self.brief else text
 
 
-def sft_row(problem: ArithProblem) -> dict[str, object]:
-    messages = [*user_turn(problem), {"role": "assistant", "content": problem.solution()}]
-    return {"messages": messages, "level": problem.level}
+def assign_sources(
+    problems: Sequence[ArithProblem], config: TaskConfig, salt: str
+) -> list[Sourced]:
+    rng = random.Random(f"arith-source-{salt}-{config.seed}")
+    out = []
+    for p in problems:
+        compact = rng.random() < config.compact_fraction
+        brief = compact and rng.random() < config.brief_fraction
+        out.append(Sourced(p, "compact" if compact else "story", brief))
+    return out
 
 
-def preference_row(problem: ArithProblem, rng: random.Random) -> dict[str, object]:
-    wrong = {"role": "assistant", "content": wrong_solution(problem, rng)}
+def user_turn(item: Sourced) -> list[dict[str, str]]:
+    return [{"role": "user", "content": item.question()}]
+
+
+def sft_row(item: Sourced) -> dict[str, object]:
+    answer = item.answer_text(item.problem.solution())
+    messages = [*user_turn(item), {"role": "assistant", "content": answer}]
+    return {"messages": messages, "level": item.problem.level, "source": item.source}
+
+
+def preference_row(item: Sourced, rng: random.Random) -> dict[str, object]:
+    """Chosen: the right answer; rejected: one plausible mistake -- both in the item's style."""
+    wrong = item.answer_text(wrong_solution(item.problem, rng))
+    right = item.answer_text(item.problem.solution())
     return {
-        "chosen": [*user_turn(problem), {"role": "assistant", "content": problem.solution()}],
-        "rejected": [*user_turn(problem), wrong],
-        "level": problem.level,
+        "chosen": [*user_turn(item), {"role": "assistant", "content": right}],
+        "rejected": [*user_turn(item), {"role": "assistant", "content": wrong}],
+        "level": item.problem.level,
+        "source": item.source,
     }
 
 
-def rl_row(problem: ArithProblem) -> dict[str, object]:
+def rl_row(item: Sourced) -> dict[str, object]:
     return {
-        "messages": user_turn(problem),
-        "ground_truth": str(problem.answer()),
+        "messages": user_turn(item),
+        "ground_truth": str(item.problem.answer()),
         "dataset": DATASET_NAME,
-        "level": problem.level,
+        "level": item.problem.level,
+        "source": item.source,
     }
 
 
@@ -85,8 +133,10 @@ def build_rows(config: TaskConfig) -> dict[str, list[dict[str, object]]]:
     """The rows of every JSONL file, by file name."""
     num_train = config.num_sft_train + config.num_pref_train + config.num_rl_train
     common = {"seed": config.seed, "levels": config.levels, "eval_fraction": config.eval_fraction}
-    train = generate_problems(count=num_train, split="train", **common)
-    evaluation = generate_problems(count=config.num_eval, split="eval", **common)
+    train = assign_sources(generate_problems(count=num_train, split="train", **common), config, "t")
+    evaluation = assign_sources(
+        generate_problems(count=config.num_eval, split="eval", **common), config, "e"
+    )
     sft = train[: config.num_sft_train]
     pref = train[config.num_sft_train : config.num_sft_train + config.num_pref_train]
     rl = train[config.num_sft_train + config.num_pref_train :]
@@ -149,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=list(defaults.levels))
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
     parser.add_argument("--chat-template", default=defaults.chat_template)
+    parser.add_argument("--compact-fraction", type=float, default=defaults.compact_fraction)
+    parser.add_argument("--brief-fraction", type=float, default=defaults.brief_fraction)
     args = parser.parse_args(argv)
     try:
         config = TaskConfig(
@@ -160,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             levels=tuple(args.levels),
             vocab_size=args.vocab_size,
             chat_template=args.chat_template,
+            compact_fraction=args.compact_fraction,
+            brief_fraction=args.brief_fraction,
         )
         description = build_task(args.out, config)
     except ValueError as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,8 @@ class ArithEval:
     num_examples: int
     by_level: dict[int, float]
     samples: list[dict[str, str]]
+    by_source: dict[str, float] = field(default_factory=dict)  # rows that name a "source"
+    worked_fraction: float = 0.0  # completions that show worked steps (more than one line)
 
 
 @torch.no_grad()
@@ -76,13 +78,17 @@ def score_completions(rows: list[dict], texts: list[str]) -> ArithEval:
     """Accuracy of completions against the rows' ``ground_truth`` (the final ``#### N``)."""
     if len(rows) != len(texts):
         raise ValueError(f"{len(rows)} rows but {len(texts)} completions")
-    correct, per_level, samples = 0, {}, []
+    correct, per_level, per_source, samples, worked = 0, {}, {}, [], 0
     for row, text in zip(rows, texts, strict=True):
         ok = extract_answer(text) == str(row["ground_truth"])
         correct += ok
+        worked += "\n" in text.strip()
         level = int(row.get("level", 0))
         hits, total = per_level.get(level, (0, 0))
         per_level[level] = (hits + ok, total + 1)
+        if "source" in row:
+            hits, total = per_source.get(row["source"], (0, 0))
+            per_source[row["source"]] = (hits + ok, total + 1)
         if len(samples) < 5:
             samples.append(
                 {
@@ -94,4 +100,6 @@ def score_completions(rows: list[dict], texts: list[str]) -> ArithEval:
     return ArithEval(
         accuracy=correct / max(len(rows), 1), num_examples=len(rows),
         by_level={k: h / t for k, (h, t) in sorted(per_level.items())}, samples=samples,
+        by_source={k: h / t for k, (h, t) in sorted(per_source.items())},
+        worked_fraction=worked / max(len(rows), 1),
     )  # fmt: skip

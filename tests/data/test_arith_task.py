@@ -19,7 +19,7 @@ from megatron_tulu.data.arith_task import (
     is_eval_problem,
     wrong_solution,
 )
-from megatron_tulu.data.build_task import FILES, build_task, main
+from megatron_tulu.data.build_task import FILES, build_rows, build_task, main
 from megatron_tulu.data.chat_templates import jinja_template
 from megatron_tulu.data.preference import PreferenceDataset
 from megatron_tulu.data.sft import SFTDataset
@@ -206,3 +206,32 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--chat-template", "chatml"])
     assert "chat_template='chatml'" in capsys.readouterr().err
+
+
+def test_compact_source_and_brief_answers() -> None:
+    """The second source: the same problem asked tersely (same numbers, in order) and, for a
+    share of its SFT / preference rows, answered with the final line only -- never a story row."""
+    for problem in generate_problems(seed=1, count=200, split="train"):
+        compact = problem.compact_question()
+        numbers = [int(n) for n in re.findall(r"\d+", compact)]
+        assert numbers == [problem.start, *(s.amount for s in problem.steps)]
+        assert compact != problem.question() and compact.endswith("now?")
+        assert problem.brief_solution() == problem.solution().splitlines()[-1]
+    config = replace(SMALL_TASK, num_sft_train=2000, num_pref_train=400, num_rl_train=400)
+    rows = build_rows(config)
+    sft = rows["sft_train.jsonl"]
+    compact = [r for r in sft if r["source"] == "compact"]
+    brief = [r for r in sft if "\n" not in r["messages"][1]["content"]]
+    assert 0.45 < len(compact) / len(sft) < 0.55  # compact_fraction 0.5
+    assert all(r["source"] == "compact" for r in brief)
+    assert 0.63 < len(brief) / len(compact) < 0.77  # brief_fraction 0.7
+    for row in rows["pref_train.jsonl"]:  # both sides in the row's one style
+        chosen, rejected = row["chosen"][1]["content"], row["rejected"][1]["content"]
+        assert ("\n" in chosen) == ("\n" in rejected)
+        assert extract_answer(chosen) != extract_answer(rejected)
+    sources = {r["source"] for r in rows["eval.jsonl"] + rows["rl_train.jsonl"]}
+    assert sources == {"story", "compact"}
+    story_only = build_rows(replace(config, compact_fraction=0.0))
+    assert all("\n" in r["messages"][1]["content"] for r in story_only["sft_train.jsonl"])
+    with pytest.raises(ValueError, match="brief_fraction=1.5"):
+        replace(config, brief_fraction=1.5)

@@ -20,14 +20,19 @@ def test_score_completions_by_hand():
     from megatron_tulu.eval.arith import score_completions
 
     rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"}], "ground_truth": gt, "level": lv}
-        for i, (gt, lv) in enumerate([("6", 1), ("57", 2), ("-3", 2), ("10", 3)])
-    ]
+        {"messages": [{"role": "user", "content": f"q{i}"}], "ground_truth": gt, "level": lv,
+         "source": src}
+        for i, (gt, lv, src) in enumerate(
+            [("6", 1, "story"), ("57", 2, "compact"), ("-3", 2, "compact"), ("10", 3, "story")]
+        )
+    ]  # fmt: skip
     texts = ["2 * 3 = 6\n#### 6", "#### 56", "the answer is -3", "#### 10.0"]
     result = score_completions(rows, texts)
     # right; wrong number; no "####" marker; "10.0" normalises to "10"
     assert result.accuracy == 0.5
     assert result.by_level == {1: 1.0, 2: 0.0, 3: 1.0}
+    assert result.by_source == {"compact": 0.0, "story": 1.0}
+    assert result.worked_fraction == 0.25  # only the first completion shows a worked step
     with pytest.raises(ValueError, match="4 rows but 3 completions"):
         score_completions(rows, texts[:3])
 
