@@ -408,8 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     if recipe is not None:  # the trainer resolves exactly this: check batch sizes etc. now
+        helper = ""
         try:
             dims = recipe.resolve_parallel(plan.trainer_gpus)
+            v = recipe.value
+            if recipe.training.stage == "rlvr" and recipe.rlvr.algorithm == "ppo" and v.tp:
+                from megatron_tulu.parallel.model_groups import own_layout_dims
+
+                h = own_layout_dims(
+                    plan.trainer_gpus, v.tp, micro_batch_size=dims.micro_batch_size,
+                    global_batch_size=dims.global_batch_size,
+                )  # fmt: skip
+                helper = f"; value model on its own layout: tp {h.tp} x dp {h.dp}, no pipeline"
         except ValueError as exc:
             print(f"recipe check FAILED for world {plan.trainer_gpus}: {exc}", file=sys.stderr)
             return 3
@@ -417,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"recipe check: ok ({args.recipe}: dp {dims.dp}, micro-batch "
                 f"{dims.micro_batch_size}, global batch {dims.global_batch_size}, "
-                f"{dims.num_microbatches} micro-batches per step)"
+                f"{dims.num_microbatches} micro-batches per step{helper})"
             )
     return 0
 

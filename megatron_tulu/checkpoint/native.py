@@ -77,21 +77,25 @@ def _layout(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _model_sharded_state(chunk: torch.nn.Module) -> dict[str, Any]:
+def _model_sharded_state(chunk: torch.nn.Module, pg: Any = None) -> dict[str, Any]:
     """The chunk's sharded state without ``_extra_state`` entries: those carry Transformer
     Engine's FP8 scaling metadata (empty for the local spec and for bf16/fp32 training), and
-    leaving them out keeps checkpoints identical across specs and conversions."""
-    return {k: v for k, v in chunk.sharded_state_dict().items() if not k.endswith("._extra_state")}
+    leaving them out keeps checkpoints identical across specs and conversions. ``pg``: a model
+    on its own groups, whose replicas are told apart by its own data-parallel group."""
+    metadata = None if pg is None else {"dp_cp_group": pg.dp_cp}
+    state = chunk.sharded_state_dict(metadata=metadata)
+    return {k: v for k, v in state.items() if not k.endswith("._extra_state")}
 
 
 def _sharded_state(engine: Engine, *, with_optimizer: bool, is_loading: bool) -> dict:
     chunks = engine.raw_chunks()
     model: dict[str, Any] = {}
+    pg = getattr(engine, "pg", None)
     if len(chunks) == 1:
-        model["model"] = _model_sharded_state(chunks[0])
+        model["model"] = _model_sharded_state(chunks[0], pg)
     else:
         for i, chunk in enumerate(chunks):
-            model[f"model{i}"] = _model_sharded_state(chunk)
+            model[f"model{i}"] = _model_sharded_state(chunk, pg)
     state = dict(model)
     if with_optimizer:
         state["optimizer"] = engine.optimizer.sharded_state_dict(

@@ -125,8 +125,12 @@ def _check_key(section: str, name: str | None, where: str) -> None:
 def _build_section(section: str, raw: Mapping[str, Any], where: str) -> Any:
     cls = SECTIONS[section]
     types_ = field_types(cls)
+    # "preset" is the model section's own key (not a ModelConfig field); the value section has a
+    # real preset field, kept like any other.
     values = {
-        k: coerce_value(f"{section}.{k}", v, types_[k]) for k, v in raw.items() if k != "preset"
+        k: coerce_value(f"{section}.{k}", v, types_[k])
+        for k, v in raw.items()
+        if not (section == "model" and k == "preset")
     }
     if section != "model":
         return cls(**values)

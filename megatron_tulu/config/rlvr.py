@@ -99,12 +99,14 @@ class RLVRConfig:
 
 @dataclass(kw_only=True)
 class ValueModelConfig:
-    """PPO's helper value model: its own (smaller) size, the trainer's TP/PP layout, a scalar
-    head. The body comes from ``init_from_native`` or ``init_from_hf`` (Tülu 3: the reward
-    model; here any Llama of that size); the head starts at zero."""
+    """PPO's helper value model: its own (smaller) size, a scalar head, and either the trainer's
+    TP/PP/DP layout (``tp`` unset) or its own: TP ``tp``, no pipeline, data parallel over the
+    other ranks. The body comes from ``init_from_native`` or ``init_from_hf`` (Tülu 3: the
+    reward model; here any Llama of that size); the head starts at zero."""
 
     preset: str | None = None  # model preset (default: the policy's own)
     num_layers: int | None = None  # override the preset's depth (a smaller helper)
+    tp: int | None = None  # own layout: TP size (PP 1, DP = world // tp); None: the trainer's
     init_from_native: str | None = None
     init_from_hf: str | None = None
     lr: float = 1e-5
@@ -114,6 +116,8 @@ class ValueModelConfig:
         check_optional_str("preset", self.preset)
         if self.num_layers is not None:
             check_int("num_layers", self.num_layers, minimum=1)
+        if self.tp is not None:
+            check_int("tp", self.tp, minimum=1)
         check_optional_str("init_from_native", self.init_from_native)
         check_optional_str("init_from_hf", self.init_from_hf)
         self.lr = check_float("lr", self.lr, gt=0.0)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
@@ -119,7 +120,9 @@ def transformer_config(
     )
 
 
-def layer_spec(config: TransformerConfig, options: BuildOptions, vp_stage: int | None):
+def layer_spec(
+    config: TransformerConfig, options: BuildOptions, vp_stage: int | None, pp_rank: int | None
+):
     """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm."""
     if options.te():
         from megatron.core.models.gpt.gpt_layer_specs import (
@@ -130,21 +133,27 @@ def layer_spec(config: TransformerConfig, options: BuildOptions, vp_stage: int |
     local = get_gpt_layer_local_spec(normalization="RMSNorm")
     local.submodules.input_layernorm = LlamaRMSNorm
     local.submodules.pre_mlp_layernorm = LlamaRMSNorm
-    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
     return TransformerBlockSubmodules(
         layer_specs=[local] * num_layers, layer_norm=ModuleSpec(module=LlamaRMSNorm)
     )
 
 
 def build_model_chunks(
-    model: ModelConfig, dims: ParallelDims, options: BuildOptions | None = None
+    model: ModelConfig,
+    dims: ParallelDims,
+    options: BuildOptions | None = None,
+    *,
+    pg: ProcessGroupCollection | None = None,
 ) -> list[MegatronModule]:
     """This rank's model chunks: one GPTModel, or ``vpp`` of them with interleaving.
 
     megatron parallel state must be initialised for ``dims`` first (see
     :func:`megatron_tulu.parallel.init_parallel`). Vocabulary rows are padded to
     ``model.padded_vocab_size(tp)``; padded logits are masked by the loss functions in
-    :mod:`megatron_tulu.models.logits`.
+    :mod:`megatron_tulu.models.logits`. With ``pg`` (a model with its own layout, see
+    :mod:`megatron_tulu.parallel.model_groups`) the model runs on those groups instead of the
+    global ones: ``dims`` must then be that layout's (PP 1: the whole model on every rank).
     """
     ensure_platform()
     if model.tie_word_embeddings:
@@ -153,15 +162,25 @@ def build_model_chunks(
             "untied input and output embeddings); set model.tie_word_embeddings=false"
         )
     options = options or BuildOptions()
+    if pg is not None and (dims.pp != 1 or dims.vpp is not None or pg.tp.size() != dims.tp):
+        raise ValueError(
+            f"a model on its own groups runs without pipelining at the groups' TP size "
+            f"({pg.tp.size()}); got pp {dims.pp}, vpp {dims.vpp}, tp {dims.tp}"
+        )
     config = transformer_config(model, dims, options)
     stages = [None] if dims.vpp is None else list(range(dims.vpp))
     chunks: list[MegatronModule] = []
     for vp_stage in stages:
-        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
-        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        if pg is not None:
+            pre = post = True
+        else:
+            pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+            post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
         chunk = GPTModel(
             config=config,
-            transformer_layer_spec=layer_spec(config, options, vp_stage),
+            transformer_layer_spec=layer_spec(
+                config, options, vp_stage, None if pg is None else pg.pp.rank()
+            ),
             vocab_size=model.padded_vocab_size(dims.tp),
             max_sequence_length=model.max_position_embeddings,
             pre_process=pre,
@@ -170,6 +189,7 @@ def build_model_chunks(
             position_embedding_type="rope",
             rotary_base=int(model.rope_theta),
             vp_stage=vp_stage,
+            pg_collection=pg,
         )
         # Install the exact HF llama3 frequencies (see models/rope.py).
         rotary = chunk.rotary_pos_emb

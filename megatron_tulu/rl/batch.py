@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_tulu.config import ParallelDims
 from megatron_tulu.training.forward_steps import MicroBatch
@@ -105,10 +106,13 @@ def layout_for_rows(dims: ParallelDims, rows: int) -> ParallelDims:
     return dataclasses.replace(dims, global_batch_size=rows, num_microbatches=rows // per)
 
 
-def rank_rows(dims: ParallelDims, rows: Sequence[int]) -> list[int]:
-    """This data-parallel rank's contiguous share of ``rows``."""
+def rank_rows(
+    dims: ParallelDims, rows: Sequence[int], pg: ProcessGroupCollection | None = None
+) -> list[int]:
+    """This data-parallel rank's contiguous share of ``rows`` (of the global DP group, or of
+    ``pg``'s for a model on its own groups)."""
     share = len(rows) // dims.dp
-    d = ps.get_data_parallel_rank()
+    d = ps.get_data_parallel_rank() if pg is None else pg.dp.rank()
     return list(rows[d * share : (d + 1) * share])
 
 
@@ -119,18 +123,27 @@ def forward_per_token(
     batch: RolloutBatch,
     forward_step: Callable,
     key: str,
+    pg: ProcessGroupCollection | None = None,
 ) -> torch.Tensor:
     """[N, L-1] per-token values of report ``key`` for all rows, on every rank: each DP rank
     runs its share forward-only, the last pipeline stage broadcasts to its stage group, then
-    the DP ranks all-gather."""
+    the DP ranks all-gather. ``pg``: a model on its own groups (``dims`` its layout)."""
     n = batch.num_rows
     fdims = layout_for_rows(dims, n)
-    mine = rank_rows(fdims, range(n))
+    mine = rank_rows(fdims, range(n), pg)
     micro = micro_batches(batch, mine, fdims.micro_batch_size)
-    reports = forward_backward(chunks, fdims, micro, forward_step=forward_step, forward_only=True)
+    reports = forward_backward(
+        chunks, fdims, micro, forward_step=forward_step, forward_only=True, pg=pg
+    )
     local = torch.zeros(len(mine), batch.seq.shape[1] - 1)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
+    if pg is not None or ps.is_pipeline_last_stage(ignore_virtual=True):
         local = torch.cat([r[key].float() for r in reports])
+    if pg is not None:
+        if dims.dp == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(dims.dp)]
+        dist.all_gather(parts, local.contiguous(), group=pg.dp)
+        return torch.cat(parts)
     if dims.pp > 1:
         dist.broadcast(
             local, src=ps.get_pipeline_model_parallel_last_rank(),

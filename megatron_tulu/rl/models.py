@@ -2,8 +2,10 @@
 (trained, its own size) and the frozen reference (a copy of the initial policy, or a
 helper-sized checkpoint).
 
-All share the trainer's parallel layout. Initial weights come from ``training.init_from_native``
-or ``training.init_from_hf`` (the SFT/DPO checkpoint); the value body from ``value.init_*``.
+Policy and reference share the trainer's parallel layout; the value model shares it too, or runs
+on its own groups with ``value.tp`` (TP ``value.tp``, no pipeline, DP over the rest). Initial
+weights come from ``training.init_from_native`` or ``training.init_from_hf`` (the SFT/DPO
+checkpoint); the value body from ``value.init_*``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from megatron_tulu.checkpoint.native import load_checkpoint
 from megatron_tulu.config import ModelConfig, ParallelDims, RecipeConfig, model_preset
 from megatron_tulu.models.hf_io import load_hf_weights
 from megatron_tulu.models.llama import BuildOptions, build_model_chunks
+from megatron_tulu.parallel.model_groups import build_model_groups
 from megatron_tulu.rl.value_model import install_value_heads, load_value_body
 from megatron_tulu.training.engine import Engine, build_engine
 
@@ -105,9 +108,17 @@ def value_model_config(recipe: RecipeConfig) -> ModelConfig:
 
 def build_value(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions) -> Engine:
     """PPO's value model: body from ``value.init_from_hf`` / ``init_from_native`` (converted to
-    HF once by rank 0) or random, a zero value head, its own optimizer and LR."""
+    HF once by rank 0) or random, a zero value head, its own optimizer and LR; on the trainer's
+    layout, or on its own groups with ``value.tp`` (collective: every rank builds them)."""
     v = recipe.value
     model = value_model_config(recipe)
+    pg = None
+    if v.tp is not None:
+        groups = build_model_groups(
+            v.tp, micro_batch_size=dims.micro_batch_size, global_batch_size=dims.global_batch_size
+        )
+        pg, dims = groups.pg, groups.dims
+    tp_rank = ps.get_tensor_model_parallel_rank() if pg is None else pg.tp.rank()
     hf_dir = v.init_from_hf
     tmp = None
     if v.init_from_native:
@@ -123,10 +134,7 @@ def build_value(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions)
     def load(chunks):
         install_value_heads(chunks, model)
         if hf_dir:
-            load_value_body(
-                chunks, hf_dir, model=model, tp=dims.tp,
-                tp_rank=ps.get_tensor_model_parallel_rank(),
-            )  # fmt: skip
+            load_value_body(chunks, hf_dir, model=model, tp=dims.tp, tp_rank=tp_rank)
 
     optim = dataclasses.replace(
         recipe.optimizer, lr=v.lr, min_lr=0.0, lr_warmup_ratio=v.lr_warmup_ratio,
@@ -134,7 +142,7 @@ def build_value(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions)
     )  # fmt: skip
     engine = build_engine(
         model=model, dims=dims, optimizer=optim, train_steps=optimizer_steps(recipe),
-        options=options, load_weights=load,
+        options=options, load_weights=load, pg=pg,
     )  # fmt: skip
     dist.barrier()
     if tmp is not None:

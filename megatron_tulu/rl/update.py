@@ -67,7 +67,9 @@ def learn(
         else old_logp.clone()
     )
     values = (
-        forward_per_token(value.chunks, dims, batch, value_forward_step(), "values")
+        forward_per_token(
+            value.chunks, value.dims, batch, value_forward_step(), "values", pg=value.pg
+        )
         if value is not None
         else None
     )
@@ -112,7 +114,11 @@ def learn(
             if result.grad_norm is not None:
                 grad_norms.append(result.grad_norm)
             if value is not None:
-                vres = train_step(value, micro, forward_step=value_step, report_key="value")
+                vmicro = micro
+                if value.pg is not None:  # its own layout: its own share of the mini-batch
+                    vrows = rank_rows(value.dims, order[start : start + gbs].tolist(), value.pg)
+                    vmicro = micro_batches(batch, vrows, value.dims.micro_batch_size, extra)
+                vres = train_step(value, vmicro, forward_step=value_step, report_key="value")
                 value_totals += torch.tensor(vres.totals, dtype=torch.float64)
     t_train = time.perf_counter() - t1
 

@@ -7,8 +7,9 @@ parallelism the head first gathers the sequence, so every TP rank sees the same 
 computes the same gradient for the replicated weight. The head starts at zero (all values 0), as
 a fresh head on a reward-model body would be fine-tuned from.
 
-Layout: the helper runs on the trainer's TP/PP/DP layout (megatron-core 0.16 keeps one global
-parallel state per process); its size (layers, width) is its own.
+Layout: by default the helper runs on the trainer's TP/PP/DP layout; with ``value.tp`` it runs
+on its own groups (TP ``value.tp``, no pipeline, DP over the rest; see
+:mod:`megatron_tulu.parallel.model_groups`). Its size (layers, width) is its own either way.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ VALUE_HEAD = "output_layer"
 class ValueHead(torch.nn.Module):
     """Drop-in for GPTModel's output layer: hidden [s, b, h] -> values [s, b, 1] (fp32)."""
 
-    def __init__(self, hidden_size: int, *, sequence_parallel: bool) -> None:
+    def __init__(self, hidden_size: int, *, sequence_parallel: bool, tp_group=None) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1, hidden_size))
         self.sequence_parallel = sequence_parallel
+        self.tp_group = tp_group  # None: the global (trainer) TP group
 
     def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
         if self.sequence_parallel:
@@ -41,7 +43,7 @@ class ValueHead(torch.nn.Module):
             # gradient back to the sequence shards, not sum it over the TP ranks.
             hidden = gather_from_sequence_parallel_region(
                 hidden, tensor_parallel_output_grad=False,
-                group=ps.get_tensor_model_parallel_group(),
+                group=self.tp_group or ps.get_tensor_model_parallel_group(),
             )  # fmt: skip
         return hidden.float() @ self.weight.float().t(), None
 
@@ -52,7 +54,8 @@ def install_value_heads(chunks: list[MegatronModule], model: ModelConfig) -> Non
         if getattr(chunk, "post_process", False):
             sp = bool(chunk.config.sequence_parallel)
             device = chunk.decoder.final_layernorm.weight.device
-            chunk.output_layer = ValueHead(model.hidden_size, sequence_parallel=sp).to(device)
+            head = ValueHead(model.hidden_size, sequence_parallel=sp, tp_group=chunk.tp_group)
+            chunk.output_layer = head.to(device)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from megatron.core.distributed import DistributedDataParallelConfig, finalize_mo
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from megatron_tulu.config import ModelConfig, OptimizerConfig, ParallelDims
@@ -27,6 +28,7 @@ class Engine:
     optimizer: object  # megatron MegatronOptimizer / ChainedOptimizer
     scheduler: OptimizerParamScheduler
     options: BuildOptions
+    pg: ProcessGroupCollection | None = None  # a model on its own groups (None: the global ones)
 
     def raw_chunks(self) -> list[torch.nn.Module]:
         """The GPTModel chunks inside the DDP (and Float16Module) wrappers."""
@@ -87,16 +89,18 @@ def build_engine(
     options: BuildOptions | None = None,
     overlap_grad_reduce: bool = False,
     load_weights=None,  # optional callable(raw_chunks) run before wrapping (e.g. HF loading)
+    pg: ProcessGroupCollection | None = None,
 ) -> Engine:
     """Model chunks -> (Float16Module for bf16) -> DDP -> megatron optimizer + scheduler.
 
     megatron parallel state must be initialised (``init_parallel``). Losses are reduced per
     token: the loss function returns the token sum and the token count, and megatron scales the
     gradients by 1 / (tokens in the global batch) after the data-parallel reduction, so every
-    layout computes the same global-batch mean.
+    layout computes the same global-batch mean. ``pg``: build, reduce gradients and step the
+    optimizer on a model's own groups (:mod:`megatron_tulu.parallel.model_groups`).
     """
     options = options or BuildOptions()
-    raw = build_model_chunks(model, dims, options)
+    raw = build_model_chunks(model, dims, options, pg=pg)
     if load_weights is not None:
         load_weights(raw)
     config = raw[0].config
@@ -119,12 +123,23 @@ def build_engine(
                 module=module,
                 # Megatron: only the first chunk's buckets may start their reduce early.
                 disable_bucketing=(i > 0),
+                pg_collection=pg,
             )
         )
+    if pg is not None:
+        # Replicas start equal whatever RNG state each rank's earlier builds left behind.
+        for chunk in wrapped:
+            chunk.broadcast_params()
     if overlap_grad_reduce:
         sync = [c.no_sync for c in wrapped]
         config.no_sync_func = sync[0] if len(sync) == 1 else sync
-    opt = get_megatron_optimizer(megatron_optimizer_config(optimizer, options), wrapped)
+    if pg is None:
+        opt = get_megatron_optimizer(megatron_optimizer_config(optimizer, options), wrapped)
+    else:
+        opt = get_megatron_optimizer(
+            megatron_optimizer_config(optimizer, options), wrapped,
+            use_gloo_process_groups=False, pg_collection=pg,
+        )  # fmt: skip
     scheduler = build_scheduler(opt, optimizer, train_steps)
     return Engine(
         model=model,
@@ -133,4 +148,5 @@ def build_engine(
         optimizer=opt,
         scheduler=scheduler,
         options=options,
+        pg=pg,
     )

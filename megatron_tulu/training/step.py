@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_tulu.config import ParallelDims
 from megatron_tulu.models.logits import gather_full_logits
@@ -33,13 +34,19 @@ class StepResult:
     totals: tuple[float, ...] = ()  # the whole summed report vector
 
 
-def reduce_report(reports: Sequence[dict[str, torch.Tensor]], key: str) -> list[float]:
+def reduce_report(
+    reports: Sequence[dict[str, torch.Tensor]], key: str, pg: ProcessGroupCollection | None = None
+) -> list[float]:
     """Sums report vectors ``key`` over micro-batches and data-parallel ranks (on the last
     pipeline stage, where losses exist) and broadcasts the totals to every rank."""
     total: torch.Tensor | None = None
     for report in reports:
         value = report[key].detach().to(torch.float64).cpu().reshape(-1)
         total = value if total is None else total + value
+    if pg is not None:  # a model on its own groups: no pipeline, every rank has its reports
+        assert total is not None
+        dist.all_reduce(total, group=pg.dp)
+        return total.tolist()
     width = torch.tensor([0 if total is None else total.numel()], dtype=torch.int64)
     if ps.get_pipeline_model_parallel_world_size() > 1:
         last = ps.get_pipeline_model_parallel_last_rank()
@@ -61,9 +68,11 @@ def forward_backward(
     *,
     forward_step: Callable,
     forward_only: bool = False,
+    pg: ProcessGroupCollection | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Runs megatron's schedule (no pipelining, 1F1B or interleaved, chosen by the layout) over
-    this rank's micro-batches; returns the loss functions' report dicts (last stage only)."""
+    this rank's micro-batches; returns the loss functions' report dicts (last stage only).
+    With ``pg`` (a model on its own groups, PP 1) the no-pipelining schedule runs on them."""
     if len(microbatches) != dims.num_microbatches:
         raise ValueError(
             f"got {len(microbatches)} micro-batches, the layout needs num_microbatches "
@@ -75,7 +84,9 @@ def forward_backward(
         iterators = [iter(microbatches) for _ in chunks]
     else:
         iterators = iter(microbatches)
-    return get_forward_backward_func()(
+    extra = {} if pg is None else {"pg_collection": pg}
+    schedule = get_forward_backward_func() if pg is None else get_forward_backward_func(1, None)
+    return schedule(
         forward_step_func=forward_step,
         data_iterator=iterators,
         model=list(chunks),
@@ -83,6 +94,7 @@ def forward_backward(
         seq_length=microbatches[0]["tokens"].shape[1],
         micro_batch_size=dims.micro_batch_size,
         forward_only=forward_only,
+        **extra,
     )
 
 
@@ -140,8 +152,9 @@ def train_step(
         engine.dims,
         microbatches,
         forward_step=forward_step or sft_forward_step(engine.model.vocab_size),
+        pg=engine.pg,
     )
-    totals = reduce_report(reports, report_key)
+    totals = reduce_report(reports, report_key, engine.pg)
     update_successful, grad_norm, _ = engine.optimizer.step()
     engine.scheduler.step(increment=1)
     lr = engine.optimizer.param_groups[0]["lr"]

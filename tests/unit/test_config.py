@@ -390,3 +390,18 @@ def test_sgd_with_distributed_optimizer_is_rejected():
     with pytest.raises(ValueError, match=r"optimizer 'sgd' with use_distributed_optimizer=true"):
         OptimizerConfig(optimizer="sgd")
     assert OptimizerConfig(optimizer="sgd", use_distributed_optimizer=False).optimizer == "sgd"
+
+
+def test_value_preset_is_kept_not_dropped_like_the_model_key() -> None:
+    """``preset`` is the model section's own key, but a real field of the value section: a
+    helper preset given in YAML or on the command line must reach the config (it once was
+    silently dropped, leaving a policy-sized value model)."""
+    from megatron_tulu.config import recipe_from_dict
+    from megatron_tulu.rl.models import value_model_config
+
+    data = {"model": {"preset": "tiny-task"}, "value": {"preset": "tiny", "tp": 1}}
+    r = recipe_from_dict(data, ["training.stage=rlvr"])
+    assert r.value.preset == "tiny" and r.value.tp == 1
+    assert value_model_config(r).hidden_size == model_preset("tiny").hidden_size
+    r = recipe_from_dict({}, ["value.preset=small"])
+    assert r.value.preset == "small"
