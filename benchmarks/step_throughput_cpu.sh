@@ -2,8 +2,9 @@
 # Per-step throughput of SFT and DPO steps of the tiny-task model on this CPU box, in several
 # layouts, plus the RLVR phase medians of a finished run, through tools/benchmark_step.py.
 #   bash benchmarks/step_throughput_cpu.sh OUT_DIR [RLVR_METRICS_JSONL]
-# MFU is against a stated peak of 0.32 TFLOP/s for the whole 2-core box (2 cores x 2.5 GHz x 64
-# fp32 FLOP/cycle with two AVX-512 FMA ports: an upper bound, so the MFU is a lower bound).
+# Every rank runs one intra-op thread (OMP_NUM_THREADS=1), i.e. one core: MFU is per rank against
+# a stated peak of 0.16 TFLOP/s per core (2.5 GHz x 64 fp32 FLOP/cycle with two AVX-512 FMA
+# ports: an upper bound for this Xeon, whose clock is not reported, so the MFU is a lower bound).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:?usage: step_throughput_cpu.sh OUT_DIR [RLVR_METRICS_JSONL]}"
@@ -14,7 +15,7 @@ common=(--model tiny-task --seq-len 256 --micro-batch 4 --global-batch 16 --step
 run() {  # name, args...
   local name="$1"; shift
   echo "== $name"
-  "$py" "$root/tools/benchmark_step.py" "$@" "${common[@]}" --peak-tflops 0.32 \
+  "$py" "$root/tools/benchmark_step.py" "$@" "${common[@]}" --peak-tflops 0.16 \
     --json "$out/$name.json" --plot "$out/$name.png"
 }
 run sft-tp1 --stage sft --nproc 1

@@ -129,9 +129,10 @@ def bench_rlvr(metrics: Path) -> dict:
     phases = ("time_generation_s", "time_weight_sync_s", "time_forward_s", "time_train_s",
               "time_step_s")  # fmt: skip
     out = {p: statistics.median(r[p] for r in rows) for p in phases}
-    out["weight_sync_bytes_per_s"] = statistics.median(
-        r.get("weight_sync_bytes_per_s", float("nan")) for r in rows
-    )
+    for key in ("weight_sync_bytes", "weight_sync_bytes_per_s"):  # runs before 2026-11-30 lack them
+        present = [r[key] for r in rows if key in r]
+        if present:
+            out[key] = statistics.median(present)
     return {"stage": "rlvr", "metrics": str(metrics), "steps": len(rows), "median": out}
 
 

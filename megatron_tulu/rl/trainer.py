@@ -251,8 +251,11 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
                     staleness=step - 1 - rollouts.policy_version,
                     lr=policy.optimizer.param_groups[0]["lr"],
                 )  # fmt: skip
-                if sync is not None:
-                    metrics["weight_sync_bytes_per_s"] = sync.bytes_per_s
+                # rank 0 pushed; the logging rank reports what it sent
+                sent = [None if sync is None else (sync.bytes, sync.bytes_per_s)]
+                dist.broadcast_object_list(sent, src=0)
+                if sent[0] is not None:
+                    metrics["weight_sync_bytes"], metrics["weight_sync_bytes_per_s"] = sent[0]
                 if (
                     eval_prompts
                     and rl.eval_interval

@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
+        unit = "pairs/s" if recipe.training.stage == "dpo" else "tokens/s"  # the loss's count
         print(
             f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> "
-            f"{summary.last_loss:.4f}, {summary.tokens_per_s:.0f} tokens/s; "
+            f"{summary.last_loss:.4f}, {summary.tokens_per_s:.0f} {unit}; "
             f"metrics in {summary.output_dir}/metrics.jsonl, plot {summary.output_dir}/loss.png"
         )
     return 0

@@ -72,5 +72,6 @@ def test_rlvr_phases_and_bad_input(tmp_path):
     assert res.returncode == 0, res.stderr
     med = json.loads(res.stdout)["median"]
     assert med["time_generation_s"] == 2.0 and med["time_step_s"] == pytest.approx(5.1)
+    assert med["weight_sync_bytes_per_s"] == 5e7 and "weight_sync_bytes" not in med  # not logged
     assert _tool("--stage", "rlvr").returncode == 2
     assert _tool("--stage", "dpo", "--micro-batch", "3").returncode == 2

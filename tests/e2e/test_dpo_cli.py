@@ -50,6 +50,7 @@ def test_dpo_after_sft_caches_reference_and_resumes_exactly(tmp_path):
         "training.save_interval=10",
     )
     assert sft.returncode == 0, sft.stderr[-3000:]
+    assert " tokens/s; " in sft.stdout  # the closing line counts what the loss counts
     # A small preference set keeps the reference pass short: the first 64 task pairs.
     pref = tmp_path / "pref.jsonl"
     rows = (tmp_path / "task" / "pref_train.jsonl").read_text().splitlines()[:64]
@@ -64,6 +65,7 @@ def test_dpo_after_sft_caches_reference_and_resumes_exactly(tmp_path):
     )
     full = _train("recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "dpo", *args)
     assert full.returncode == 0, full.stderr[-3000:]
+    assert " pairs/s; " in full.stdout and "tokens/s" not in full.stdout
     records = _records(tmp_path / "dpo")
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # reference == policy
     assert records[0]["pairs"] == 4

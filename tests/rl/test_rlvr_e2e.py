@@ -84,7 +84,8 @@ def test_rlvr_runs_and_resumes_exactly(sft, tmp_path, name):
     records = _records(tmp_path / "full")
     assert [r["step"] for r in records] == [1, 2]
     first = records[0]
-    for key in (*KEYS, "logprob_drift_max", "time_generation_s", "time_weight_sync_s"):
+    for key in (*KEYS, "logprob_drift_max", "time_generation_s", "time_weight_sync_s",
+                "weight_sync_bytes", "weight_sync_bytes_per_s"):  # fmt: skip
         assert key in first, key
     # Rewards come from the verifier: 10 per correct answer, 0 wrong, -10 without EOS.
     assert -10.0 <= first["reward"] <= 10.0
