@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(
     p.relative_to(ROOT)
-    for folder in ("launch", "scripts")
+    for folder in ("launch", "scripts", "benchmarks")
     for pattern in ("*.sh", "*.sbatch")
     for p in (ROOT / folder).rglob(pattern)
 )
