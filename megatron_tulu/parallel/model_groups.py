@@ -15,7 +15,6 @@ arguments, in the same order relative to other group creation.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -83,17 +82,3 @@ def build_model_groups(tp: int, *, micro_batch_size: int, global_batch_size: int
     pg.inter_dist_opt = None
     pg.hcp = None
     return ModelGroups(pg=pg, dims=dims)
-
-
-def with_batch(groups: ModelGroups, *, global_batch_size: int) -> ParallelDims:
-    """``groups.dims`` re-cut for another global batch (e.g. a whole rollout batch)."""
-    d = groups.dims
-    per = d.micro_batch_size * d.dp
-    if global_batch_size % per:
-        raise ValueError(
-            f"{global_batch_size} sequences are not a multiple of micro_batch_size "
-            f"({d.micro_batch_size}) x helper dp ({d.dp}) = {per}"
-        )
-    return dataclasses.replace(
-        d, global_batch_size=global_batch_size, num_microbatches=global_batch_size // per
-    )
