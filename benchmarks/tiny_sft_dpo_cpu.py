@@ -64,13 +64,12 @@ def main() -> int:
     parser.add_argument("--reuse-sft", action="store_true", help="keep an existing SFT run")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    from megatron_tulu.data.build_task import TaskConfig, build_task
+    from megatron_tulu.data.build_task import TaskConfig, ensure_task
     from megatron_tulu.eval.arith import evaluate_native
 
     out = (ROOT / args.out).resolve()
     task = out / "task"
-    if not (task / "task.json").exists():
-        build_task(task, TaskConfig(seed=0, chat_template="tulu"))
+    ensure_task(task, TaskConfig(seed=0, chat_template="tulu"))
     common = [f"data.task_dir={task}"]
     sft_dir, dpo_dir = out / "sft", out / "dpo"
     if args.reuse_sft and (sft_dir / "checkpoints" / "latest").is_file():

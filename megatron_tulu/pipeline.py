@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,13 +42,6 @@ def _stage(name: str, recipe: str, out_dir: Path, *overrides: str) -> float:
     seconds = time.perf_counter() - t0
     done.write_text(f"{seconds:.1f}\n")
     return seconds
-
-
-def _task_config(task: Path) -> dict | None:
-    try:
-        return json.loads((task / "task.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list[int]):
@@ -143,14 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     global REUSE
     REUSE = args.reuse
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    from megatron_tulu.data.build_task import TaskConfig, build_task
+    from megatron_tulu.data.build_task import TaskConfig, ensure_task
     from megatron_tulu.eval.arith import evaluate_native
 
     out = (ROOT / args.out).resolve()
     task = out / "task"
-    want = TaskConfig(seed=0, chat_template="tulu")
-    if _task_config(task) != {**asdict(want), "levels": list(want.levels)}:
-        build_task(task, want)  # missing, or built by another version of the task
+    ensure_task(task, TaskConfig(seed=0, chat_template="tulu"))  # or another version's: rebuilt
     base = [f"data.task_dir={task}", "training.resume=none"]
     ck = {s: out / s / "checkpoints" for s in ("sft", "dpo")}
     ck["rlvr"] = out / "rlvr" / "checkpoints" / "policy"  # the RL state also holds "value"

@@ -187,6 +187,22 @@ def build_task(out_dir: str | Path, config: TaskConfig | None = None) -> dict[st
     return description
 
 
+def ensure_task(out_dir: str | Path, config: TaskConfig | None = None) -> bool:
+    """Build the task in ``out_dir`` unless the one there was built with exactly ``config``
+    (a missing or unreadable ``task.json``, or another version's config, rebuilds). Returns
+    whether it built."""
+    config = config or TaskConfig()
+    want = {**asdict(config), "levels": list(config.levels)}
+    try:
+        have = json.loads((Path(out_dir) / "task.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        have = None
+    if have == want:
+        return False
+    build_task(out_dir, config)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = TaskConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

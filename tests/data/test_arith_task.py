@@ -235,3 +235,18 @@ def test_compact_source_and_brief_answers() -> None:
     assert all("\n" in r["messages"][1]["content"] for r in story_only["sft_train.jsonl"])
     with pytest.raises(ValueError, match="brief_fraction=1.5"):
         replace(config, brief_fraction=1.5)
+
+
+def test_ensure_task_rebuilds_only_another_versions_task(tmp_path: Path) -> None:
+    from megatron_tulu.data.build_task import ensure_task
+
+    small = replace(SMALL_TASK, num_sft_train=10, num_pref_train=4, num_rl_train=4, num_eval=4)
+    assert ensure_task(tmp_path, small)  # missing: built
+    assert not ensure_task(tmp_path, small)  # the same config: kept
+    description = json.loads((tmp_path / "task.json").read_text())
+    description["config"]["brief_fraction"] = 0.0  # as if built by another version
+    (tmp_path / "task.json").write_text(json.dumps(description))
+    assert ensure_task(tmp_path, small)
+    assert json.loads((tmp_path / "task.json").read_text())["config"]["brief_fraction"] == 0.7
+    (tmp_path / "task.json").write_text("{not json")
+    assert ensure_task(tmp_path, small)
