@@ -91,6 +91,7 @@ def main() -> int:
     for name, run in (("sft", sft_dir), ("dpo", dpo_dir)):
         r = evaluate_native(run / "checkpoints", task / "eval.jsonl", tokenizer_path=tok, limit=300)
         evals[name] = {"accuracy": r.accuracy, "by_level": r.by_level, "n": r.num_examples,
+                       "by_source": r.by_source, "worked_fraction": r.worked_fraction,
                        "samples": r.samples[:3]}  # fmt: skip
     sft, dpo = _records(sft_dir), _records(dpo_dir)
     result = {
