@@ -30,14 +30,6 @@ class ModelGroups:
     pg: ProcessGroupCollection
     dims: ParallelDims  # tp, pp = 1, dp = world // tp; the batch sizes of the caller
 
-    @property
-    def tp_rank(self) -> int:
-        return self.pg.tp.rank()
-
-    @property
-    def dp_rank(self) -> int:
-        return self.pg.dp.rank()
-
 
 def own_layout_dims(world: int, tp: int, *, micro_batch_size: int, global_batch_size: int):
     """The dims of a TP ``tp`` x PP 1 x DP ``world // tp`` layout for the given batch sizes."""

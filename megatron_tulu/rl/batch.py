@@ -138,13 +138,7 @@ def forward_per_token(
     local = torch.zeros(len(mine), batch.seq.shape[1] - 1)
     if pg is not None or ps.is_pipeline_last_stage(ignore_virtual=True):
         local = torch.cat([r[key].float() for r in reports])
-    if pg is not None:
-        if dims.dp == 1:
-            return local
-        parts = [torch.empty_like(local) for _ in range(dims.dp)]
-        dist.all_gather(parts, local.contiguous(), group=pg.dp)
-        return torch.cat(parts)
-    if dims.pp > 1:
+    if dims.pp > 1:  # (a model on its own groups has no pipeline)
         dist.broadcast(
             local, src=ps.get_pipeline_model_parallel_last_rank(),
             group=ps.get_pipeline_model_parallel_group(),
@@ -152,5 +146,6 @@ def forward_per_token(
     if dims.dp == 1:
         return local
     parts = [torch.empty_like(local) for _ in range(dims.dp)]
-    dist.all_gather(parts, local.contiguous(), group=ps.get_data_parallel_group())
+    dp_group = ps.get_data_parallel_group() if pg is None else pg.dp
+    dist.all_gather(parts, local.contiguous(), group=dp_group)
     return torch.cat(parts)
