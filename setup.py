@@ -14,7 +14,7 @@ setup(
     install_requires=[],
     entry_points={
         "console_scripts": [
-            "mt-train=megatron_tulu.training.cli:main",
+            "mt-train=megatron_tulu.train:main",
         ]
     },
 )

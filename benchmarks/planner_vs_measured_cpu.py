@@ -4,7 +4,8 @@
 For each layout of a tiny/small Llama (built by megatron_tulu, megatron-core local spec, gloo
 ranks): parameter, gradient-buffer and optimizer bytes (exact sums of tensor storages) and the
 peak heap growth of a forward-backward (glibc mallinfo2 sampled after every aten op), against
-``megatron_tulu.planner`` with ``kernels="local"``. See megatron_tulu/planner/measure.py.
+``megatron_tulu.tools.planner`` with ``kernels="local"``.
+See megatron_tulu/tools/planner/measure.py.
 
     python benchmarks/planner_vs_measured_cpu.py [--out benchmarks/results/planner_vs_measured_cpu]
 
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.planner.measure import measure_worker
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.tools.planner.measure import measure_worker
 
 # name -> (world size, measure_worker kwargs)
 CONFIGS: dict[str, tuple[int, dict]] = {
@@ -97,7 +98,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "recompute. What it leaves out: small temporaries (the transposed embedding output, "
         "the chunked log-prob's scratch, RoPE's intermediate copies).",
         "- The activation items were established tensor by tensor with saved-tensor hooks "
-        "(see the docstring of megatron_tulu/planner/memory.py). Two findings for GPU runs of "
+        "(see the docstring of megatron_tulu/tools/planner/memory.py). Two findings for GPU runs "
+        "of "
         "this codebase: the unfused SwiGLU keeps 5F elements per token and layer (megatron's "
         "fused `bias_activation_fusion` keeps 3F; this codebase turns it off), and V stays a "
         "view of the whole QKV projection output.",

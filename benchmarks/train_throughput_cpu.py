@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
-from megatron_tulu.testing.parity import fixed_tokens, make_random_hf_dir
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.models.synthetic import fixed_tokens, make_random_hf_dir
+from megatron_tulu.parallel.spawn import run_ranks
 
 OPT = OptimizerConfig(lr=1e-4, weight_decay=0.01, clip_grad=1.0)
 
@@ -35,10 +35,10 @@ OPT = OptimizerConfig(lr=1e-4, weight_decay=0.01, clip_grad=1.0)
 def engine_worker(preset, hf_dir, tokens, tp, pp, micro, steps, warmup):
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.schedule import split_global_batch, train_step
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.step import split_global_batch, train_step
 
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     model = model_preset(preset)

@@ -12,4 +12,4 @@ bash scripts/install.sh
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export TORCHDYNAMO_DISABLE="${TORCHDYNAMO_DISABLE:-1}"
-exec .venv/bin/python -m megatron_tulu.pipeline "$@"
+exec .venv/bin/python scripts/main_job.py "$@"

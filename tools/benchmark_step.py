@@ -10,10 +10,10 @@
 
 Reports (JSON with ``--json``, a plot with ``--plot``): step time (median of the timed steps
 after ``--warmup``), tokens/s in total and per device, model TFLOP/s per device by the Megatron
-formula (GQA and SwiGLU counted; :mod:`megatron_tulu.planner.flops`; x4/3 with full recompute is
-hardware, not model, FLOPs and is not counted), MFU against ``--peak-tflops`` (default: the H100
-bf16 dense peak on GPU; none on CPU), and peak memory per rank (CUDA max allocated, or the
-process's max RSS on CPU).
+formula (GQA and SwiGLU counted; :mod:`megatron_tulu.tools.planner.flops`; x4/3 with full
+recompute is hardware, not model, FLOPs and is not counted), MFU against ``--peak-tflops``
+(default: the H100 bf16 dense peak on GPU; none on CPU), and peak memory per rank (CUDA max
+allocated, or the process's max RSS on CPU).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def _worker(args: dict) -> dict:
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.forward import sft_forward_step
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.trainers.dpo_step import dpo_forward_step
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.forward_steps import sft_forward_step
-    from megatron_tulu.training.step import train_step
+    from megatron_tulu.stages.dpo_step import dpo_forward_step
 
     overrides = {"num_layers": args["num_layers"]} if args["num_layers"] else {}
     model = model_preset(args["model"], **overrides)
@@ -96,8 +96,8 @@ def _worker(args: dict) -> dict:
 
 def bench_train(a: argparse.Namespace) -> dict:
     from megatron_tulu.config import model_preset
-    from megatron_tulu.planner.flops import model_flops_per_token
-    from megatron_tulu.testing.spawn import run_ranks
+    from megatron_tulu.parallel.spawn import run_ranks
+    from megatron_tulu.tools.planner.flops import model_flops_per_token
 
     args = vars(a).copy()
     results = run_ranks(_worker, a.nproc, args) if a.nproc > 1 else [_worker(args)]

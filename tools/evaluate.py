@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_tulu.data.chat_templates import get_chat_template
     from megatron_tulu.data.tokenizers import load_tokenizer
     from megatron_tulu.eval.benchmarks import chat_messages, read_items, score
-    from megatron_tulu.rl.rollouts import stop_token_ids
     from megatron_tulu.rollout.config import RolloutConfig
     from megatron_tulu.rollout.engine import RolloutEngine
+    from megatron_tulu.stages.rlvr.generation import stop_token_ids
 
     try:
         items = [it for path in args.data for it in read_items(path, args.limit)]

@@ -12,14 +12,14 @@
         --global-batch 1856 --prompt-len 800 --response-len 1024 --ppo-epochs 4 --async
 
 Exit codes: 0 ok, 2 invalid input, 3 does not fit in memory. Every assumption is printed.
-Library: megatron_tulu/planner/.
+Library: megatron_tulu/tools/planner/.
 """
 
 from __future__ import annotations
 
 import sys
 
-from megatron_tulu.planner.cli import main
+from megatron_tulu.tools.planner.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 cd "$root"
 nnodes="${MT_NNODES:-1}"
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  exec "$py" -m megatron_tulu.launch_plan --nodes "$nnodes" --gpus-per-node "$nproc_per_node" "$@"
+  exec "$py" -m megatron_tulu.tools.launch_plan --nodes "$nnodes" --gpus-per-node "$nproc_per_node" "$@"
 fi
 if [ -z "${OMP_NUM_THREADS:-}" ]; then
   cores="$(nproc)"

@@ -14,7 +14,7 @@
 #     exit 0; the trainer's end state ($MT_STATUS_FILE) says "stopped", and this shell runs
 #     `scontrol requeue $SLURM_JOB_ID`; the requeued job resumes from `latest`
 #     (training.resume=auto);
-#   * DRY_RUN=1 prints the rank layout (python -m megatron_tulu.launch_plan) and exits.
+#   * DRY_RUN=1 prints the rank layout (python -m megatron_tulu.tools.launch_plan) and exits.
 #
 # Settings (environment; the job scripts give defaults, anything set at submission wins):
 #   MT_RECIPE             recipe file (relative to the repository root)
@@ -155,7 +155,7 @@ mt_plan() {
   elif [ "${MT_RECIPE_CHECK:-1}" = 1 ]; then
     mt_log "note: $MT_RECIPE does not exist (yet): layout from the job script's settings only"
   fi
-  (cd "$MT_ROOT" && PYTHONWARNINGS=ignore "$MT_PY" -m megatron_tulu.launch_plan "${plan[@]}" \
+  (cd "$MT_ROOT" && PYTHONWARNINGS=ignore "$MT_PY" -m megatron_tulu.tools.launch_plan "${plan[@]}" \
     "${MT_TRAIN_ARGS[@]}")
 }
 

@@ -41,7 +41,7 @@ from megatron_tulu.checkpoint.layout import (
     step_dir_name,
     write_latest,
 )
-from megatron_tulu.training.engine import Engine
+from megatron_tulu.engine.build import Engine
 
 FORMAT_VERSION = 1
 # Crash-test hook: called with a phase name at each stage of a save ("written" after every rank

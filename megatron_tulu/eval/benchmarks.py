@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_tulu.rl.prompts import DATASET_VERIFIERS
+from megatron_tulu.stages.rlvr.prompts import DATASET_VERIFIERS
 
 MATH_INSTRUCTION = "Put your final answer in \\boxed{}."
 

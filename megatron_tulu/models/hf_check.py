@@ -71,10 +71,10 @@ def rank_logits(hf_dir: str, tokens: torch.Tensor, tp: int, pp: int, vpp: int | 
     """Runs on every rank; returns the [rows, seq, vocab] logits on last-stage rank 0 of TP."""
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.engine.schedule import forward_logits
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.models.llama import build_model_chunks
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.training.step import forward_logits
 
     model = read_hf_config(hf_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -111,7 +111,7 @@ def check_against_hf(
     hf_dir: str | Path, *, tp: int = 1, pp: int = 1, vpp: int | None = None
 ) -> tuple[float, CheckInputs]:
     """Max |ours - transformers| over real token positions, for the given layout."""
-    from megatron_tulu.testing.spawn import run_ranks
+    from megatron_tulu.parallel.spawn import run_ranks
 
     model = read_hf_config(hf_dir)  # validates the directory before anything starts
     ParallelConfig(tp=tp, pp=pp, vpp=vpp).check_model(model)

@@ -13,8 +13,8 @@ import os
 import pytest
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
-from megatron_tulu.testing.parity import fixed_tokens
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.models.synthetic import fixed_tokens
+from megatron_tulu.parallel.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,10 @@ def _worker(tp: int, precision: str):
     import torch
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.schedule import split_global_batch, train_step
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.step import split_global_batch, train_step
 
     model = model_preset("tiny")
     dims = ParallelConfig(tp=tp, global_batch_size=4).resolve(int(os.environ["WORLD_SIZE"]), model)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from megatron_tulu.config import model_preset
-from megatron_tulu.testing.parity import make_random_hf_dir
+from megatron_tulu.models.synthetic import make_random_hf_dir
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

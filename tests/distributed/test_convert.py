@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from megatron_tulu.checkpoint.convert import hf_to_native, native_to_hf
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
 from megatron_tulu.models.hf_io import HFTensorReader, read_hf_config
-from megatron_tulu.testing.parity import fixed_tokens, make_random_hf_dir
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.models.synthetic import fixed_tokens, make_random_hf_dir
+from megatron_tulu.parallel.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,9 +100,9 @@ def _train_and_save(root: str, tp: int, pp: int):
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.checkpoint.native import save_checkpoint
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.schedule import split_global_batch, train_step
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.step import split_global_batch, train_step
 
     dims = ParallelConfig(tp=tp, pp=pp, global_batch_size=4).resolve(
         int(os.environ["WORLD_SIZE"]), MODEL
@@ -129,9 +129,9 @@ def _logits(root: str, tp: int, pp: int, vpp: int | None = None):
     import os
 
     from megatron_tulu.checkpoint.native import load_checkpoint
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.schedule import forward_logits, split_global_batch
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.step import forward_logits, split_global_batch
 
     dims = ParallelConfig(tp=tp, pp=pp, vpp=vpp, global_batch_size=4).resolve(
         int(os.environ["WORLD_SIZE"]), MODEL

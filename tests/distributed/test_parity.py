@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from megatron_tulu.config import OptimizerConfig, model_preset
-from megatron_tulu.testing.parity import (
+from mt_testing.parity import (
     LayoutRun,
     fixed_tokens,
     hf_reference,
     layout_worker,
     make_random_hf_dir,
 )
-from megatron_tulu.testing.spawn import run_ranks
+
+from megatron_tulu.config import OptimizerConfig, model_preset
+from megatron_tulu.parallel.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 

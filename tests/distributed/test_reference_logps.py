@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.parallel.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 MODEL = model_preset("tiny")
@@ -42,17 +42,17 @@ def _micro(pair_ids: list[int]):
 def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool):
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.trainers.dpo_step import dpo_forward_step
-    from megatron_tulu.trainers.reference import (
+    from megatron_tulu.stages.dpo_reference import (
         ReferenceLogpCache,
         cache_key,
         compute_reference_logps,
         pair_logps,
     )
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.step import train_step
+    from megatron_tulu.stages.dpo_step import dpo_forward_step
 
     hf_dir = os.environ["MT_TEST_HF_DIR"]
     dims = ParallelConfig(tp=tp, pp=pp, micro_batch_size=2, global_batch_size=2 * PAIRS).resolve(
@@ -102,7 +102,7 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
 
 @pytest.fixture(scope="module", autouse=True)
 def hf_dir(tmp_path_factory):
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     d = make_random_hf_dir(tmp_path_factory.mktemp("hf") / "hf", MODEL)
     os.environ["MT_TEST_HF_DIR"] = str(d)

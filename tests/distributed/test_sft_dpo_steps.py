@@ -77,16 +77,16 @@ def _packed_batch() -> list[dict[str, torch.Tensor]]:
 def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"):
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.forward import sft_forward_step
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.hf_io import gather_hf_state_dict, load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.trainers.dpo_step import (
+    from megatron_tulu.stages.dpo_step import (
         attach_pair_coefficients,
         dpo_forward_step,
         dpo_separate_forward_step,
     )
-    from megatron_tulu.training.engine import build_engine
-    from megatron_tulu.training.forward_steps import sft_forward_step
-    from megatron_tulu.training.step import train_step
 
     world = int(os.environ["WORLD_SIZE"])
     rows = sum(b["tokens"].shape[0] for b in batches)
@@ -125,7 +125,7 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
 
 @pytest.fixture(scope="module", autouse=True)
 def hf_dir(tmp_path_factory):
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     d = make_random_hf_dir(tmp_path_factory.mktemp("hf") / "hf", MODEL)
     os.environ["MT_TEST_HF_DIR"] = str(d)
@@ -134,7 +134,7 @@ def hf_dir(tmp_path_factory):
 
 
 def _run(world, *args):
-    from megatron_tulu.testing.spawn import run_ranks
+    from megatron_tulu.parallel.spawn import run_ranks
 
     return run_ranks(_sgd_worker, world, *args)[-1]
 

@@ -24,7 +24,7 @@ def _tool(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_train_step_benchmark(tmp_path, stage):
     from megatron_tulu.config import model_preset
-    from megatron_tulu.planner.flops import model_flops_per_token
+    from megatron_tulu.tools.planner.flops import model_flops_per_token
 
     out = tmp_path / "r.json"
     res = _tool(

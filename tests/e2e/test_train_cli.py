@@ -86,7 +86,7 @@ def test_init_from_hf_first_loss_equals_transformers(tmp_path):
     from megatron_tulu.config import model_preset
     from megatron_tulu.data.corpus import ByteTokenizer, write_corpus
     from megatron_tulu.data.lm_dataset import PackedTextDataset
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     hf_dir = make_random_hf_dir(tmp_path / "hf", model_preset("tiny"))
     corpus = write_corpus(tmp_path / "corpus.txt", 500, seed=9)
@@ -115,7 +115,7 @@ def test_init_from_hf_first_loss_equals_transformers(tmp_path):
 
 def test_init_from_hf_mismatch_is_refused(tmp_path):
     from megatron_tulu.config import model_preset
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     hf_dir = make_random_hf_dir(tmp_path / "hf", model_preset("tiny", num_layers=2))
     res = _train(tmp_path / "run", "parallel.tp=1", f"training.init_from_hf={hf_dir}")
@@ -153,7 +153,7 @@ def test_convert_then_train_from_native(tmp_path):
     """HF -> native (tp2) with the conversion tool, then train from it: the first loss equals
     training directly from the HF directory."""
     from megatron_tulu.config import model_preset
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     hf_dir = make_random_hf_dir(tmp_path / "hf", model_preset("tiny"))
     native = tmp_path / "native"

@@ -70,7 +70,7 @@ def test_fewshot_turns_and_bad_rows(tmp_path):
 def test_evaluate_tool_end_to_end(tmp_path):
     from megatron_tulu.config import model_preset
     from megatron_tulu.data.build_task import TaskConfig, build_task
-    from megatron_tulu.testing.parity import make_random_hf_dir
+    from megatron_tulu.models.synthetic import make_random_hf_dir
 
     task = tmp_path / "task"
     build_task(task, TaskConfig(seed=0, num_sft_train=100, num_pref_train=2, num_rl_train=2,

@@ -6,8 +6,8 @@ import json
 import os
 import signal
 
-from megatron_tulu.testing.spawn import run_ranks
-from megatron_tulu.training.signals import StopSignal, write_status
+from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.stages.signals import StopSignal, write_status
 
 
 def test_records_signal_and_restores_handlers():

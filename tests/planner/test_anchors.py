@@ -1,4 +1,4 @@
-"""The planner against published figures (see megatron_tulu/planner/anchors.py for sources).
+"""The planner against published figures (see megatron_tulu/tools/planner/anchors.py for sources).
 
 One constant per engine is calibrated, each on one anchor; the rest is predicted:
 - H100 compute efficiency (megatron): calibrated on NVIDIA's 405B run (19.84 s/step); the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_tulu.planner.anchors import (
+from megatron_tulu.tools.planner.anchors import (
     TRAINING_ANCHORS,
     TULU_PUBLISHED,
     calibrate_compute_efficiency,
@@ -20,8 +20,8 @@ from megatron_tulu.planner.anchors import (
     plan_anchor,
     plan_tulu_rlvr,
 )
-from megatron_tulu.planner.hardware import H100_COMPUTE_EFFICIENCY
-from megatron_tulu.planner.zero3 import DEEPSPEED_ZERO3_EFFICIENCY
+from megatron_tulu.tools.planner.hardware import H100_COMPUTE_EFFICIENCY
+from megatron_tulu.tools.planner.zero3 import DEEPSPEED_ZERO3_EFFICIENCY
 
 TOLERANCE = 0.20
 

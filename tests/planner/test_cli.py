@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_tulu.planner.cli import main
+from megatron_tulu.tools.planner.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

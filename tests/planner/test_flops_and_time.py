@@ -10,16 +10,16 @@ import dataclasses
 import pytest
 
 from megatron_tulu.config import model_preset
-from megatron_tulu.planner.comm import collective_seconds, group_per_node
-from megatron_tulu.planner.flops import (
+from megatron_tulu.tools.planner.comm import collective_seconds, group_per_node
+from megatron_tulu.tools.planner.flops import (
     forward_flops_per_token,
     layer_matrix_params,
     model_flops_per_token,
     recompute_flops_per_layer_token,
 )
-from megatron_tulu.planner.hardware import get_hardware
-from megatron_tulu.planner.layout import TrainLayout, resolve
-from megatron_tulu.planner.timing import TimeOptions, training_time
+from megatron_tulu.tools.planner.hardware import get_hardware
+from megatron_tulu.tools.planner.layout import TrainLayout, resolve
+from megatron_tulu.tools.planner.timing import TimeOptions, training_time
 
 TINY = model_preset("tiny")  # L 4, h 64, F 176, 4 heads / 2 KV heads of 16, V 1000
 

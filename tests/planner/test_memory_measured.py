@@ -2,7 +2,7 @@
 
 Static parts: the parameter count is exact; weights, gradient buffer and optimizer state agree
 to 0.1% (megatron DDP pads its contiguous buffers to a bucket multiple: +64 elements here).
-Activation peak (heap growth during a forward-backward, see megatron_tulu/planner/measure.py):
+Activation peak (heap growth during a forward-backward, see megatron_tulu/tools/planner/measure.py):
 within 15% (observed -4% for this config; the planner leaves out small temporaries such as the
 transposed embedding output and the chunked log-prob's scratch). The other layouts are in
 benchmarks/results/planner_vs_measured_cpu.md.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_tulu.planner.measure import measure_worker
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.tools.planner.measure import measure_worker
 
 pytestmark = pytest.mark.slow
 

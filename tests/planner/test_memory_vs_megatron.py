@@ -33,9 +33,9 @@ from __future__ import annotations
 import pytest
 
 from megatron_tulu.config import ModelConfig, model_preset
-from megatron_tulu.planner.flops import kv_dim, q_dim
-from megatron_tulu.planner.layout import TrainLayout, resolve
-from megatron_tulu.planner.memory import (
+from megatron_tulu.tools.planner.flops import kv_dim, q_dim
+from megatron_tulu.tools.planner.layout import TrainLayout, resolve
+from megatron_tulu.tools.planner.memory import (
     in_flight,
     layer_activation_bytes_per_token,
     rank_memory,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from megatron_tulu.config import model_preset
-from megatron_tulu.planner import (
+from megatron_tulu.tools.planner import (
     DoesNotFit,
     PlanError,
     RLVRSettings,
@@ -19,8 +19,8 @@ from megatron_tulu.planner import (
     search_rlvr,
     search_training,
 )
-from megatron_tulu.planner.memory import kv_bytes_per_token_per_gpu, static_bytes
-from megatron_tulu.planner.search import SearchSpace
+from megatron_tulu.tools.planner.memory import kv_bytes_per_token_per_gpu, static_bytes
+from megatron_tulu.tools.planner.search import SearchSpace
 
 H100 = get_hardware("H100")
 M405 = model_preset("llama3.1-405b")

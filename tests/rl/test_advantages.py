@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_tulu.rl.advantages import (
+from megatron_tulu.stages.rlvr.advantages import (
     explained_variance,
     gae,
     grpo_advantages,

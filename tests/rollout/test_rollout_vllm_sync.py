@@ -24,8 +24,8 @@ import time
 import pytest
 
 from megatron_tulu.config import model_preset
-from megatron_tulu.testing.parity import make_random_hf_dir
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.models.synthetic import make_random_hf_dir
+from megatron_tulu.parallel.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def _megatron_logprobs(chunks, dims, rows: list[list[int]], temperatures: list[f
     """log-probs of each row's last NEW_TOKENS tokens under logits / temperature (last stage)."""
     import torch
 
-    from megatron_tulu.training.step import forward_logits, split_global_batch
+    from megatron_tulu.engine.schedule import forward_logits, split_global_batch
 
     tokens = torch.tensor(rows)
     logits = forward_logits(

@@ -397,7 +397,7 @@ def test_value_preset_is_kept_not_dropped_like_the_model_key() -> None:
     helper preset given in YAML or on the command line must reach the config (it once was
     silently dropped, leaving a policy-sized value model)."""
     from megatron_tulu.config import recipe_from_dict
-    from megatron_tulu.rl.models import value_model_config
+    from megatron_tulu.stages.rlvr.models import value_model_config
 
     data = {"model": {"preset": "tiny-task"}, "value": {"preset": "tiny", "tp": 1}}
     r = recipe_from_dict(data, ["training.stage=rlvr"])

@@ -71,7 +71,7 @@ def test_dpo_hyperparameters(name: str) -> None:
 @pytest.mark.parametrize("name", [*SFT, *DPO])
 def test_layout_fits_80gb_per_the_planner(name: str) -> None:
     """The planner (tools/plan.py) puts each recipe's per-GPU memory under an 80 GB H100's."""
-    from megatron_tulu.planner.cli import build_parser, run
+    from megatron_tulu.tools.planner.cli import build_parser, run
 
     gpus = {**SFT, **DPO}[name][0]
     r = _load(name)
@@ -90,7 +90,7 @@ def test_layout_fits_80gb_per_the_planner(name: str) -> None:
 
 
 def test_rlvr_8b_recipe_has_tulu3_values_and_resolves_on_its_partition() -> None:
-    from megatron_tulu.rl.models import optimizer_steps
+    from megatron_tulu.stages.rlvr.models import optimizer_steps
 
     r = _load("tulu3-rlvr-8b")
     rl = r.rlvr

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import torch
+from mt_testing.canary import canary_worker
 
-from megatron_tulu.testing.canary import canary_worker
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.parallel.spawn import run_ranks
 
 
 def _mode_worker() -> dict[str, object]:

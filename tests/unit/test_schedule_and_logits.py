@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_tulu.config import OptimizerConfig
-from megatron_tulu.testing.spawn import run_ranks
+from megatron_tulu.parallel.spawn import run_ranks
 
 
 class _FakeOptimizer:
@@ -19,7 +19,7 @@ class _FakeOptimizer:
 
 
 def _lrs(opt_cfg: OptimizerConfig, train_steps: int) -> list[float]:
-    from megatron_tulu.training.engine import build_scheduler
+    from megatron_tulu.engine.build import build_scheduler
 
     opt = _FakeOptimizer()
     sched = build_scheduler(opt, opt_cfg, train_steps)

@@ -1,0 +1,143 @@
+"""Reference log-probs for DPO: computed once with a forward-only pass and cached on disk.
+
+Tülu 3 computes the reference policy's log-probs of every chosen and rejected response once,
+before DPO training, and caches them. :func:`compute_reference_logps` runs the (frozen)
+reference weights forward-only through the same pipeline schedules, with the same log-prob op,
+over pair micro-batches; :class:`ReferenceLogpCache` stores the result as a tensor
+[pairs, 2] (chosen, rejected) under a key that names everything the values depend on (data file
+contents, reference checkpoint, chat template, max length), written atomically by rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megatron_tulu.config import ParallelDims
+from megatron_tulu.engine.forward import MicroBatch, logprob_forward_step
+from megatron_tulu.engine.schedule import forward_backward
+
+PAIR_LAYOUTS = ("concat", "separate")
+
+
+def split_pairs(
+    rows: torch.Tensor, microbatches: Sequence[MicroBatch], layout: str
+) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) from per-row values in micro-batch order.
+
+    ``concat``: each micro-batch holds ``p`` chosen rows then their ``p`` rejected rows.
+    ``separate``: the first half of all rows are the chosen sides, the second half the
+    rejected sides, in the same pair order (chosen and rejected in different forwards).
+    """
+    if layout not in PAIR_LAYOUTS:
+        raise ValueError(f"layout ({layout!r}) must be one of {PAIR_LAYOUTS}")
+    if rows.shape[0] % 2:
+        raise ValueError(f"{rows.shape[0]} rows cannot be split into (chosen, rejected) pairs")
+    if layout == "separate":
+        half = rows.shape[0] // 2
+        return torch.stack([rows[:half], rows[half:]], dim=1)
+    out, start = [], 0
+    for mb in microbatches:
+        p = mb["tokens"].shape[0] // 2
+        out.append(torch.stack([rows[start : start + p], rows[start + p : start + 2 * p]], dim=1))
+        start += 2 * p
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def pair_logps(
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
+    microbatches: Sequence[MicroBatch],
+    vocab_size: int,
+    layout: str = "concat",
+) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
+    pipeline rank; ``layout`` says where each pair's rows are (see :func:`split_pairs`)."""
+    reports = forward_backward(
+        chunks, dims, microbatches, forward_step=logprob_forward_step(vocab_size),
+        forward_only=True,
+    )  # fmt: skip
+    total = sum(mb["tokens"].shape[0] for mb in microbatches)
+    rows = torch.zeros(total, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        rows = torch.cat([r["logp"].to(torch.float64) for r in reports])
+    if dims.pp > 1:
+        dist.broadcast(
+            rows,
+            src=ps.get_pipeline_model_parallel_last_rank(),
+            group=ps.get_pipeline_model_parallel_group(),
+        )
+    return split_pairs(rows, microbatches, layout)
+
+
+def compute_reference_logps(
+    chunks: Sequence[torch.nn.Module],
+    dims: ParallelDims,
+    batches: Iterable[tuple[torch.Tensor, Sequence[MicroBatch]]],
+    *,
+    num_pairs: int,
+    vocab_size: int,
+    layout: str = "concat",
+) -> torch.Tensor:
+    """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
+    indices [n], its micro-batches); results of all DP ranks are combined."""
+    table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
+    for indices, microbatches in batches:
+        values = pair_logps(chunks, dims, microbatches, vocab_size, layout)
+        idx = [torch.empty_like(indices) for _ in range(dims.dp)]
+        val = [torch.empty_like(values) for _ in range(dims.dp)]
+        dist.all_gather(idx, indices.contiguous(), group=ps.get_data_parallel_group())
+        dist.all_gather(val, values.contiguous(), group=ps.get_data_parallel_group())
+        for i, v in zip(idx, val, strict=True):
+            table[i] = v
+    missing = torch.isnan(table[:, 0]).nonzero().flatten()
+    if missing.numel():
+        raise ValueError(f"reference log-probs missing for pairs {missing[:10].tolist()}...")
+    return table
+
+
+def cache_key(**parts: str | int | float | None) -> str:
+    """A stable key over everything the cached values depend on."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ReferenceLogpCache:
+    def __init__(self, cache_dir: str | Path, key: str) -> None:
+        self.path = Path(cache_dir) / f"reference-logps-{key}.pt"
+        self.key = key
+
+    def load(self) -> torch.Tensor | None:
+        if not self.path.is_file():
+            return None
+        payload = torch.load(self.path, weights_only=True)
+        if payload.get("key") != self.key:
+            raise ValueError(f"{self.path}: holds key {payload.get('key')!r}, expected {self.key}")
+        return payload["logps"]
+
+    def save(self, logps: torch.Tensor) -> Path:
+        """Rank 0 writes (temporary file + rename); every rank waits."""
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"key": self.key, "logps": logps}, tmp)
+            os.replace(tmp, self.path)
+        if dist.is_initialized():
+            dist.barrier()
+        return self.path

@@ -1,0 +1,160 @@
+"""The learning phase of an RLVR step: log-probs and values forward-only, rewards and
+advantages, then ``ppo_epochs`` sweeps of mini-batch optimizer steps for the policy (and, for
+PPO, the value model). Every rank holds the whole rollout batch, so the advantages are computed
+identically everywhere; each mini-batch is split over the data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from megatron_tulu.config import RecipeConfig
+from megatron_tulu.engine.schedule import train_step
+from megatron_tulu.stages.rlvr.advantages import (
+    explained_variance,
+    gae,
+    grpo_advantages,
+    kl_penalty,
+    masked_whiten,
+    sequence_scores,
+    token_rewards,
+)
+from megatron_tulu.stages.rlvr.batch import (
+    RolloutBatch,
+    forward_per_token,
+    micro_batches,
+    rank_rows,
+)
+from megatron_tulu.stages.rlvr.generation import Rollouts
+from megatron_tulu.stages.rlvr.steps import (
+    policy_train_step,
+    token_logprob_step,
+    value_forward_step,
+    value_train_step,
+)
+
+
+@dataclass(kw_only=True)
+class StepOutcome:
+    metrics: dict[str, float]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((x * mask).sum() / mask.sum().clamp_min(1.0))
+
+
+def learn(
+    recipe: RecipeConfig,
+    step: int,
+    rollouts: Rollouts,
+    batch: RolloutBatch,
+    *,
+    policy: Any,
+    value: Any | None,
+    reference: Any | None,
+) -> StepOutcome:
+    rl, dims = recipe.rlvr, policy.dims
+    vocab = recipe.model.vocab_size
+    mask = batch.mask
+    t0 = time.perf_counter()
+    old_logp = forward_per_token(
+        policy.chunks, dims, batch, token_logprob_step(vocab, rl.temperature), "token_logp"
+    )
+    ref_logp = (
+        forward_per_token(
+            reference.chunks, dims, batch, token_logprob_step(vocab, rl.temperature), "token_logp"
+        )
+        if reference is not None
+        else old_logp.clone()
+    )
+    values = (
+        forward_per_token(
+            value.chunks, value.dims, batch, value_forward_step(), "values", pg=value.pg
+        )
+        if value is not None
+        else None
+    )
+    t_forward = time.perf_counter() - t0
+    scores = sequence_scores(
+        torch.tensor(rollouts.correct), torch.tensor(rollouts.has_eos),
+        correct_reward=rl.correct_reward, no_eos_penalty=rl.no_eos_penalty,
+    )  # fmt: skip
+    k1 = kl_penalty(old_logp, ref_logp, "k1") * mask
+    extra: dict[str, torch.Tensor] = {"old_logp": old_logp}
+    if rl.algorithm == "ppo":
+        assert values is not None
+        rewards = token_rewards(scores, k1, mask, beta=rl.kl_beta)
+        adv, returns = gae(rewards, values, mask, gamma=rl.gamma, lam=rl.lam)
+        extra.update(old_values=values, returns=returns)
+    else:
+        adv = grpo_advantages(scores, rl.samples_per_prompt, mask)
+        extra["ref_logp"] = ref_logp
+    if rl.whiten_advantages:
+        adv = masked_whiten(adv, mask)
+    extra["advantages"] = adv
+
+    t1 = time.perf_counter()
+    n, gbs = batch.num_rows, dims.global_batch_size
+    policy_step = policy_train_step(
+        vocab, clip=rl.clip_ratio, temperature=rl.temperature, kl_beta=rl.kl_beta,
+        kl_estimator="k3" if rl.algorithm == "grpo" else None,
+    )  # fmt: skip
+    value_step = value_train_step(clip=rl.value_clip, coef=rl.value_coef)
+    totals = torch.zeros(6, dtype=torch.float64)
+    value_totals = torch.zeros(2, dtype=torch.float64)
+    grad_norms: list[float] = []
+    for epoch in range(rl.ppo_epochs):
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(recipe.training.seed + 7919 * step + epoch)
+        )
+        for start in range(0, n, gbs):
+            rows = rank_rows(dims, order[start : start + gbs].tolist())
+            micro = micro_batches(batch, rows, dims.micro_batch_size, extra)
+            result = train_step(policy, micro, forward_step=policy_step, report_key="policy")
+            totals += torch.tensor(result.totals, dtype=torch.float64)
+            if result.grad_norm is not None:
+                grad_norms.append(result.grad_norm)
+            if value is not None:
+                vmicro = micro
+                if value.pg is not None:  # its own layout: its own share of the mini-batch
+                    vrows = rank_rows(value.dims, order[start : start + gbs].tolist(), value.pg)
+                    vmicro = micro_batches(batch, vrows, value.dims.micro_batch_size, extra)
+                vres = train_step(value, vmicro, forward_step=value_step, report_key="value")
+                value_totals += torch.tensor(vres.totals, dtype=torch.float64)
+    t_train = time.perf_counter() - t1
+
+    tokens = max(float(totals[1]), 1.0)
+    correct = torch.tensor(rollouts.correct, dtype=torch.float32)
+    by_dataset: dict[str, list[float]] = {}
+    for name, ok in zip(rollouts.datasets, rollouts.correct, strict=True):
+        by_dataset.setdefault(name, []).append(float(ok))
+    drift = (old_logp - batch.vllm_logp).abs() * mask
+    metrics = {
+        "reward": float(scores.mean()),
+        "verifier_accuracy": float(correct.mean()),
+        **{f"verifier_accuracy/{k}": sum(v) / len(v) for k, v in by_dataset.items()},
+        "no_eos_fraction": 1.0 - sum(rollouts.has_eos) / len(rollouts.has_eos),
+        "response_length": sum(batch.response_lens) / n,
+        "kl_to_reference": float(k1.sum() / n),  # per sequence, k1
+        "policy_loss": float(totals[0]) / tokens,
+        "clip_fraction": float(totals[2]) / tokens,
+        "entropy": float(totals[3]) / tokens,
+        "approx_kl_old_new": float(totals[4]) / tokens,
+        "logprob_drift_mean": _masked_mean(drift, mask),
+        "logprob_drift_max": float(drift.max()),
+        "vllm_logprob_mean": _masked_mean(batch.vllm_logp, mask),
+        "trainer_logprob_mean": _masked_mean(old_logp, mask),
+        "policy_grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+        "time_forward_s": t_forward,
+        "time_train_s": t_train,
+    }
+    if values is not None:
+        metrics["value_loss"] = float(value_totals[0]) / max(float(value_totals[1]), 1.0)
+        metrics["explained_variance"] = explained_variance(values, extra["returns"], mask)
+    if rl.algorithm == "grpo":
+        metrics["kl_k3_loss_term"] = float(totals[5]) / tokens
+    return StepOutcome(metrics=metrics)

@@ -1,1 +1,0 @@
-"""Helpers for multi-rank tests and tools on one machine (gloo on CPU, NCCL on GPU)."""

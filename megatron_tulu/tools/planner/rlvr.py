@@ -1,0 +1,407 @@
+"""Plan one RLVR (PPO/GRPO) step: vLLM generation, weight sync, and the training phases.
+
+The GPUs split into a rollout partition (vLLM engines) and the training GPUs, which hold the
+policy (trained), the reference policy (a full copy, forward only, bf16 weights in the policy's
+layout) and, for PPO, a value model (trained; its own layout: TP ``value_tp``, PP 1, over all
+training GPUs, a scalar head instead of the vocabulary). Phases on the training GPUs run one
+after another, so activation memory is the largest phase's while all weights stay resident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron_tulu.config import ModelConfig
+from megatron_tulu.config._validate import check_choice, check_int
+from megatron_tulu.tools.planner.assumptions import (
+    rlvr_assumptions,
+    training_assumptions,
+    zero3_assumptions,
+)
+from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB, check_fit, gib
+from megatron_tulu.tools.planner.hardware import GIB, HardwareProfile
+from megatron_tulu.tools.planner.layout import (
+    PlanError,
+    ResolvedLayout,
+    TrainLayout,
+    resolve,
+    valid_tp,
+)
+from megatron_tulu.tools.planner.memory import (
+    forward_only_activation_bytes,
+    rank_params,
+    training_memory,
+)
+from megatron_tulu.tools.planner.rollout import (
+    GenerationTime,
+    RolloutConfig,
+    RolloutMemory,
+    generation_time,
+    rollout_memory,
+    weight_sync_seconds,
+)
+from megatron_tulu.tools.planner.timing import TimeOptions, TrainTime, training_time
+from megatron_tulu.tools.planner.training_plan import layout_dict
+from megatron_tulu.tools.planner.zero3 import (
+    DEEPSPEED_ZERO3_EFFICIENCY,
+    zero3_memory,
+    zero3_training,
+)
+
+ENGINES = ("megatron", "zero3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLVRSettings:
+    ppo_epochs: int = 1
+    value_model: ModelConfig | None = None
+    value_tp: int | None = None  # None: the largest valid tp <= 8 dividing the training GPUs
+    recompute_old_logprobs: bool = True
+    is_async: bool = False
+    engine: str = "megatron"
+    zero3_efficiency: float = DEEPSPEED_ZERO3_EFFICIENCY
+
+    def __post_init__(self) -> None:
+        try:
+            check_int("ppo_epochs", self.ppo_epochs, minimum=1)
+            check_choice("engine", self.engine, ENGINES)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+
+
+@dataclass(kw_only=True)
+class RLVRPlan:
+    model: ModelConfig
+    hw: HardwareProfile
+    gpus: int
+    policy: ResolvedLayout
+    settings: RLVRSettings
+    rollout: RolloutConfig
+    rollout_mem: RolloutMemory
+    generation: GenerationTime
+    weight_sync_s: float
+    phases: dict[str, float]  # training phase -> seconds
+    training_s: float
+    step_s: float
+    model_flops: float
+    train_memory: dict[str, float]  # worst training GPU, bytes by component
+    train_memory_rank: int
+    capacity: float
+    assumptions: list[str] = field(default_factory=list)
+    value: ResolvedLayout | None = None
+
+    @property
+    def train_gpus(self) -> int:
+        return self.gpus - self.rollout.rollout_gpus
+
+    @property
+    def mfu(self) -> float:
+        return self.model_flops / (self.gpus * self.hw.peak_flops * self.step_s)
+
+    def check_fit(self) -> None:
+        check_fit(
+            self.train_memory,
+            self.capacity,
+            f"training GPU (pipeline rank {self.train_memory_rank}, {self.policy.layout.short()})",
+        )
+        vllm = {
+            "vllm_weights": self.rollout_mem.weights,
+            "workspace": self.rollout_mem.workspace,
+        }
+        budget = self.rollout.gpu_memory_utilization * self.hw.hbm_bytes
+        check_fit(vllm, budget, f"rollout GPU (vLLM TP {self.rollout.vllm_tp})")
+        if self.rollout_mem.concurrent_sequences < 1:
+            need = self.rollout.prompt_len + self.rollout.response_len
+            raise_kv(self.rollout_mem, need)
+
+    def to_dict(self) -> dict[str, Any]:
+        g = self.generation
+        return {
+            "mode": "rlvr",
+            "model": self.model.name,
+            "hardware": self.hw.name,
+            "gpus": self.gpus,
+            "training_gpus": self.train_gpus,
+            "rollout_gpus": self.rollout.rollout_gpus,
+            "vllm_tp": self.rollout.vllm_tp,
+            "vllm_engines": self.rollout.engines,
+            "layout": layout_dict(self.policy)
+            if self.settings.engine == "megatron"
+            else {"engine": "zero3", "gpus": self.train_gpus},
+            "value_layout": None if self.value is None else layout_dict(self.value),
+            "step_time_s": self.step_s,
+            "generation_s": g.generation_s,
+            "weight_sync_s": self.weight_sync_s,
+            "training_s": self.training_s,
+            "async": self.settings.is_async,
+            "mfu": self.mfu,
+            "tflops_per_gpu": self.model_flops / (self.gpus * self.step_s) / 1e12,
+            "memory_gib_per_gpu": gib(sum(self.train_memory.values())),
+            "rollout_memory_gib_per_gpu": gib(self.rollout_mem.total),
+            "memory_capacity_gib": gib(self.capacity),
+            "breakdown": {
+                "training_phases_s": self.phases,
+                "generation": g.breakdown(),
+                "training_memory_gib": {k: gib(v) for k, v in self.train_memory.items()},
+                "rollout_memory_gib": {
+                    "weights": gib(self.rollout_mem.weights),
+                    "kv_cache": gib(self.rollout_mem.kv_cache),
+                    "workspace": gib(self.rollout_mem.workspace),
+                    "kv_tokens_per_engine": self.rollout_mem.kv_tokens,
+                    "concurrent_sequences_per_engine": self.rollout_mem.concurrent_sequences,
+                },
+            },
+            "assumptions": self.assumptions,
+        }
+
+
+def raise_kv(mem: RolloutMemory, need_tokens: int) -> None:
+    from megatron_tulu.tools.planner.fit import DoesNotFit
+
+    raise DoesNotFit(
+        f"does not fit: the vLLM KV cache ({gib(mem.kv_cache):.1f} GiB per GPU) holds "
+        f"{mem.kv_tokens:.0f} tokens per engine, less than one sequence of {need_tokens} "
+        "tokens (prompt + response). Hint: raise --vllm-tp or shorten the sequences"
+    )
+
+
+def default_value_tp(value_model: ModelConfig, train_gpus: int) -> int:
+    options = [t for t in valid_tp(value_model) if t <= 8 and train_gpus % t == 0]
+    return max(options)
+
+
+def value_layout(
+    value_model: ModelConfig, policy: TrainLayout, train_gpus: int, value_tp: int
+) -> ResolvedLayout:
+    """The value model over all training GPUs (TP value_tp, PP 1); its batch is padded up to a
+    multiple of micro_batch * dp when the sequences do not divide evenly."""
+    dp = train_gpus // value_tp if train_gpus % value_tp == 0 else None
+    if dp is None:
+        raise PlanError(f"value tp ({value_tp}) does not divide the training GPUs ({train_gpus})")
+    per = policy.micro_batch * dp
+    batch = -(-policy.global_batch // per) * per
+    lay = dataclasses.replace(
+        policy,
+        tp=value_tp,
+        pp=1,
+        vpp=None,
+        cp=1,
+        sequence_parallel=None,
+        global_batch=batch,
+        head="value",
+        uneven_pipeline=False,
+    )
+    return resolve(value_model, lay, train_gpus)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLVRTraining:
+    policy: ResolvedLayout
+    value: ResolvedLayout | None
+    phases: dict[str, float]
+    training_s: float
+    model_flops: float
+    memory: dict[str, float]
+    memory_rank: int
+
+
+def rlvr_training(
+    model: ModelConfig,
+    layout: TrainLayout,
+    train_gpus: int,
+    settings: RLVRSettings,
+    hw: HardwareProfile,
+    options: TimeOptions | None = None,
+) -> RLVRTraining:
+    """The training GPUs' side of an RLVR step: phase times, model FLOPs, worst-GPU memory."""
+    opts = options or TimeOptions()
+    vm = settings.value_model
+    if settings.engine == "zero3":
+        # No megatron layout: a one-GPU stand-in only supplies the model FLOPs.
+        flat = dataclasses.replace(
+            layout,
+            tp=1,
+            pp=1,
+            vpp=None,
+            cp=1,
+            sequence_parallel=None,
+            micro_batch=1,
+            uneven_pipeline=False,
+        )
+        policy = resolve(model, flat, 1)
+    else:
+        policy = resolve(model, layout, train_gpus)
+    v_rl = None
+    if vm is not None and settings.engine == "megatron":
+        v_tp = settings.value_tp or default_value_tp(vm, train_gpus)
+        v_rl = value_layout(vm, layout, train_gpus, v_tp)
+    fwd_opts = dataclasses.replace(opts, forward_only=True)
+    p_train: TrainTime = training_time(model, policy, hw, opts)
+    p_fwd: TrainTime = training_time(model, policy, hw, fwd_opts)
+    phases: dict[str, float] = {}
+    flops = 0.0
+    if settings.engine == "megatron":
+        if settings.recompute_old_logprobs:
+            phases["policy_forward"] = p_fwd.step_s
+            flops += p_fwd.model_flops
+        phases["reference_forward"] = p_fwd.step_s
+        phases["policy_train"] = settings.ppo_epochs * p_train.step_s
+        flops += p_fwd.model_flops + settings.ppo_epochs * p_train.model_flops
+        if v_rl is not None and vm is not None:
+            v_train = training_time(vm, v_rl, hw, opts)
+            v_fwd = training_time(vm, v_rl, hw, fwd_opts)
+            phases["value_forward"] = v_fwd.step_s
+            phases["value_train"] = settings.ppo_epochs * v_train.step_s
+            flops += v_fwd.model_flops + settings.ppo_epochs * v_train.model_flops
+    else:
+        z = zero3_training(
+            model,
+            value_model=vm,
+            sequences=layout.global_batch,
+            seq_len=layout.seq_len,
+            gpus=train_gpus,
+            ppo_epochs=settings.ppo_epochs,
+            hw=hw,
+            recompute_old_logprobs=settings.recompute_old_logprobs,
+            efficiency=settings.zero3_efficiency,
+        )
+        phases = z.passes
+        flops = (1 + settings.recompute_old_logprobs) * p_fwd.model_flops
+        flops += settings.ppo_epochs * p_train.model_flops
+    if settings.engine == "zero3":
+        mem = zero3_memory(model, value_model=vm, seq_len=layout.seq_len, gpus=train_gpus)
+        rank = 0
+    else:
+        mem, rank = _train_memory(model, policy, v_rl, vm)
+    return RLVRTraining(
+        policy=policy,
+        value=v_rl,
+        phases=phases,
+        training_s=sum(phases.values()),
+        model_flops=flops,
+        memory=mem,
+        memory_rank=rank,
+    )
+
+
+def plan_rlvr(
+    model: ModelConfig,
+    layout: TrainLayout,
+    gpus: int,
+    rollout: RolloutConfig,
+    settings: RLVRSettings,
+    hw: HardwareProfile,
+    *,
+    reserved_gib: float = DEFAULT_RESERVED_GIB,
+    options: TimeOptions | None = None,
+) -> RLVRPlan:
+    """``layout.global_batch`` is the number of sequences per step, ``layout.seq_len`` the
+    padded prompt + response length."""
+    train_gpus = gpus - rollout.rollout_gpus
+    if train_gpus < 1:
+        raise PlanError(
+            f"rollout gpus ({rollout.rollout_gpus}) leaves no training GPU out of gpus "
+            f"({gpus}): use fewer --rollout-gpus"
+        )
+    opts = options or TimeOptions()
+    training = rlvr_training(model, layout, train_gpus, settings, hw, opts)
+    rmem = rollout_memory(model, rollout, hw)
+    gen = generation_time(model, rollout, hw, rmem) if rmem.concurrent_sequences >= 1 else None
+    sync = weight_sync_seconds(model, rollout, hw, train_gpus)
+    phases, training_s, flops = training.phases, training.training_s, training.model_flops
+    policy, v_rl, vm = training.policy, training.value, settings.value_model
+    mem, rank = training.memory, training.memory_rank
+    gen_s = gen.generation_s if gen is not None else float("inf")
+    if settings.is_async:
+        step = max(gen_s, training_s) + sync
+    else:
+        step = gen_s + sync + training_s
+    value_name = vm.name if vm is not None else None
+    if settings.engine == "zero3":
+        assumptions = zero3_assumptions(hw, settings.zero3_efficiency)
+    else:
+        assumptions = training_assumptions(hw, layout, opts, reserved_gib=reserved_gib)
+    assumptions += rlvr_assumptions(
+        vllm_tp=rollout.vllm_tp,
+        weight_sync=rollout.weight_sync,
+        is_async=settings.is_async,
+        recompute_old_logprobs=settings.recompute_old_logprobs,
+        value_model=value_name,
+        value_tp=None if v_rl is None else v_rl.layout.tp,
+        engine=settings.engine
+        if settings.engine == "megatron"
+        else f"zero3 (DeepSpeed model, efficiency {settings.zero3_efficiency:.4g}, "
+        "calibrated on Tülu 3's 405B training phase)",
+    )
+    plan = RLVRPlan(
+        model=model,
+        hw=hw,
+        gpus=gpus,
+        policy=policy,
+        settings=settings,
+        rollout=rollout,
+        rollout_mem=rmem,
+        generation=gen or _empty_generation(),
+        weight_sync_s=sync,
+        phases=phases,
+        training_s=training_s,
+        step_s=step,
+        model_flops=flops,
+        train_memory=mem,
+        train_memory_rank=rank,
+        capacity=hw.hbm_bytes - reserved_gib * GIB,
+        assumptions=assumptions,
+        value=v_rl,
+    )
+    return plan
+
+
+def _empty_generation() -> GenerationTime:
+    inf = float("inf")
+    return GenerationTime(
+        generation_s=inf,
+        prefill_s=inf,
+        decode_s=inf,
+        decode_step_s=inf,
+        decode_step_memory_s=inf,
+        decode_step_compute_s=inf,
+        decode_step_allreduce_s=inf,
+        waves=inf,
+        sequences_per_engine=0,
+        tokens_per_s=0.0,
+    )
+
+
+def _train_memory(
+    model: ModelConfig,
+    policy: ResolvedLayout,
+    v_rl: ResolvedLayout | None,
+    vm: ModelConfig | None,
+) -> tuple[dict[str, float], int]:
+    """Bytes on the worst training GPU: all weights resident, activations of the largest phase."""
+    ranks = training_memory(model, policy)
+    fwd = (forward_only_activation_bytes(model, policy), 0.0, 0.0)
+    v_static = 0.0
+    v_phase = (0.0, 0.0, 0.0)
+    if v_rl is not None and vm is not None:
+        v0 = training_memory(vm, v_rl)[0]
+        v_static = v0.weights + v0.grads + v0.optimizer
+        v_phase = (v0.activations, v0.logits, v0.transient)
+    best: tuple[dict[str, float], int] = ({}, 0)
+    for r in ranks:
+        phase = max((r.activations, r.logits, r.transient), fwd, v_phase, key=sum)
+        comps = {
+            "weights": r.weights,
+            "grads": r.grads,
+            "optimizer": r.optimizer,
+            "reference_weights": 2 * rank_params(model, policy, r.rank),
+            "value_static": v_static,
+            "activations": phase[0],
+            "logits": phase[1],
+            "transient": phase[2],
+        }
+        if not best[0] or sum(comps.values()) > sum(best[0].values()):
+            best = (comps, r.rank)
+    return best

@@ -1,0 +1,216 @@
+"""Search mode: enumerate layouts, keep those that fit in memory, rank by predicted step time.
+
+Training: tp in {1, 2, 4, 8} (dividing heads, KV heads and FFN), pp dividing the layers, vpp
+dividing the layers per rank (interleaving needs micro-batches divisible by pp), cp in
+{1, 2, 4, 8} (``codebase_only`` keeps cp = 1 and even pipeline splits: what this codebase can run
+today), micro-batch in {1, 2, 4, 8}, recompute none/selective/full; SP on with tp > 1, the
+distributed optimizer on.
+
+RLVR: additionally the rollout partition (multiples of the vLLM TP) and the vLLM TP; the training
+side is searched once per training-GPU count and combined with every rollout split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from megatron_tulu.config import ModelConfig
+from megatron_tulu.config._validate import divisors
+from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB
+from megatron_tulu.tools.planner.hardware import GIB, HardwareProfile
+from megatron_tulu.tools.planner.layout import RECOMPUTE, PlanError, TrainLayout, valid_tp
+from megatron_tulu.tools.planner.rlvr import (
+    RLVRPlan,
+    RLVRSettings,
+    RLVRTraining,
+    plan_rlvr,
+    rlvr_training,
+)
+from megatron_tulu.tools.planner.rollout import (
+    RolloutConfig,
+    check_vllm_tp,
+    generation_time,
+    rollout_memory,
+    weight_sync_seconds,
+)
+from megatron_tulu.tools.planner.timing import TimeOptions
+from megatron_tulu.tools.planner.training_plan import TrainingPlan, plan_training
+
+SEARCH_TP = (1, 2, 4, 8)
+SEARCH_CP = (1, 2, 4, 8)
+SEARCH_MICRO = (1, 2, 4, 8)
+SEARCH_VLLM_TP = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    tps: tuple[int, ...] = SEARCH_TP
+    cps: tuple[int, ...] = SEARCH_CP
+    micro_batches: tuple[int, ...] = SEARCH_MICRO
+    recomputes: tuple[str, ...] = RECOMPUTE
+    codebase_only: bool = False
+    uneven_pipeline: bool = False
+
+
+def candidate_layouts(
+    model: ModelConfig, gpus: int, base: TrainLayout, space: SearchSpace
+) -> Iterator[TrainLayout]:
+    """Every layout in ``space`` that passes the divisibility rules for ``gpus`` GPUs (even
+    pipeline splits, plus megatron's uneven L + 2 split when ``space.uneven_pipeline``)."""
+    cps = (1,) if space.codebase_only else space.cps
+    splits = [False] + ([True] if space.uneven_pipeline and not space.codebase_only else [])
+    tps = [t for t in space.tps if t in valid_tp(model)]
+    for uneven, tp, cp in ((u, t, c) for u in splits for t in tps for c in cps):
+        if cp > 1 and base.seq_len % (2 * cp):
+            continue
+        slots = model.num_layers + 2 if uneven else model.num_layers
+        for pp in divisors(slots):
+            if gpus % (tp * pp * cp) or (uneven and (pp == 1 or slots // pp < 2)):
+                continue
+            dp = gpus // (tp * pp * cp)
+            vpps: list[int | None] = [None]
+            if pp > 1:
+                vpps += [v for v in divisors(slots // pp) if v > 1]
+            for vpp, micro, recompute in (
+                (v, mb, r) for v in vpps for mb in space.micro_batches for r in space.recomputes
+            ):
+                if base.global_batch % (micro * dp):
+                    continue
+                if vpp and (base.global_batch // (micro * dp)) % pp:
+                    continue
+                yield dataclasses.replace(
+                    base,
+                    tp=tp,
+                    pp=pp,
+                    vpp=vpp,
+                    cp=cp,
+                    micro_batch=micro,
+                    recompute=recompute,
+                    sequence_parallel=None,
+                    uneven_pipeline=uneven,
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    plans: list  # TrainingPlan or RLVRPlan, fastest first
+    evaluated: int
+    fitting: int
+
+
+def search_training(
+    model: ModelConfig,
+    gpus: int,
+    hw: HardwareProfile,
+    base: TrainLayout,
+    *,
+    space: SearchSpace | None = None,
+    top: int = 10,
+    options: TimeOptions | None = None,
+    reserved_gib: float = DEFAULT_RESERVED_GIB,
+) -> SearchResult:
+    fits: list[TrainingPlan] = []
+    evaluated = 0
+    for layout in candidate_layouts(model, gpus, base, space or SearchSpace()):
+        try:
+            plan = plan_training(
+                model, layout, gpus, hw, options=options, reserved_gib=reserved_gib
+            )
+        except PlanError:
+            continue
+        evaluated += 1
+        if plan.fits:
+            fits.append(plan)
+    fits.sort(key=lambda p: p.time.step_s)
+    return SearchResult(plans=fits[:top], evaluated=evaluated, fitting=len(fits))
+
+
+def _best_training(
+    model: ModelConfig,
+    train_gpus: int,
+    base: TrainLayout,
+    settings: RLVRSettings,
+    hw: HardwareProfile,
+    space: SearchSpace,
+    options: TimeOptions | None,
+    capacity: float,
+    keep: int,
+) -> tuple[list[tuple[TrainLayout, RLVRTraining]], int]:
+    found: list[tuple[TrainLayout, RLVRTraining]] = []
+    evaluated = 0
+    for layout in candidate_layouts(model, train_gpus, base, space):
+        try:
+            tr = rlvr_training(model, layout, train_gpus, settings, hw, options)
+        except PlanError:
+            continue
+        evaluated += 1
+        if sum(tr.memory.values()) <= capacity:
+            found.append((layout, tr))
+    found.sort(key=lambda lt: lt[1].training_s)
+    return found[:keep], evaluated
+
+
+def search_rlvr(
+    model: ModelConfig,
+    gpus: int,
+    hw: HardwareProfile,
+    base: TrainLayout,
+    rollout: RolloutConfig,
+    settings: RLVRSettings,
+    *,
+    rollout_gpus: tuple[int, ...] | None = None,
+    vllm_tps: tuple[int, ...] | None = None,
+    space: SearchSpace | None = None,
+    top: int = 10,
+    options: TimeOptions | None = None,
+    reserved_gib: float = DEFAULT_RESERVED_GIB,
+) -> SearchResult:
+    """``rollout`` supplies the sequence lengths, batch and vLLM settings; its rollout_gpus and
+    vllm_tp are replaced by the searched values (None: search all)."""
+    space = space or SearchSpace()
+    capacity = hw.hbm_bytes - reserved_gib * GIB
+    tps = []
+    for t in vllm_tps or SEARCH_VLLM_TP:
+        try:
+            check_vllm_tp(model, t)
+        except PlanError:
+            continue
+        tps.append(t)
+    training_cache: dict[int, list[tuple[TrainLayout, RLVRTraining]]] = {}
+    evaluated = 0
+    scored: list[tuple[float, TrainLayout, RolloutConfig]] = []
+    for vtp in tps:
+        splits = rollout_gpus or tuple(range(vtp, gpus, vtp))
+        for r_gpus in splits:
+            if r_gpus % vtp or r_gpus >= gpus:
+                continue
+            cfg = dataclasses.replace(rollout, rollout_gpus=r_gpus, vllm_tp=vtp)
+            mem = rollout_memory(model, cfg, hw)
+            budget = cfg.gpu_memory_utilization * hw.hbm_bytes
+            if mem.concurrent_sequences < 1 or mem.weights + mem.workspace > budget:
+                continue
+            gen = generation_time(model, cfg, hw, mem).generation_s
+            train_gpus = gpus - r_gpus
+            sync = weight_sync_seconds(model, cfg, hw, train_gpus)
+            if train_gpus not in training_cache:
+                best, n = _best_training(
+                    model, train_gpus, base, settings, hw, space, options, capacity, top
+                )
+                training_cache[train_gpus] = best
+                evaluated += n
+            for layout, tr in training_cache[train_gpus]:
+                if settings.is_async:
+                    step = max(gen, tr.training_s) + sync
+                else:
+                    step = gen + sync + tr.training_s
+                scored.append((step, layout, cfg))
+    scored.sort(key=lambda s: s[0])
+    plans: list[RLVRPlan] = [
+        plan_rlvr(
+            model, layout, gpus, cfg, settings, hw, reserved_gib=reserved_gib, options=options
+        )
+        for _, layout, cfg in scored[:top]
+    ]
+    return SearchResult(plans=plans, evaluated=evaluated, fitting=len(scored))

@@ -1,1 +1,0 @@
-"""Stage trainers (SFT, DPO, RLVR) built on the training engine."""

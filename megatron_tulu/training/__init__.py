@@ -1,1 +1,0 @@
-"""The training engine: DDP + optimizer + LR schedule, the step, the loop, the CLI."""
