@@ -19,7 +19,6 @@ its state and exits with a clear error.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from megatron_tulu.parallel import destroy_parallel, init_parallel
 from megatron_tulu.stages.metrics import MetricsWriter
 from megatron_tulu.stages.progress import Progress
 from megatron_tulu.stages.rlvr.batch import build_rollout_batch
+from megatron_tulu.stages.rlvr.engine_start import start_rollout_engine
 from megatron_tulu.stages.rlvr.generation import (
     Generator,
     broadcast_rollouts,
@@ -113,32 +113,6 @@ def _resume_step(recipe: RecipeConfig, root: Path, ppo: bool) -> int | None:
     return common
 
 
-def _start_engine(recipe: RecipeConfig) -> object | None:
-    """Rank 0: a vLLM engine serving the policy's current weights (started from an HF export
-    of the initial weights, then overwritten by the first push)."""
-    from megatron_tulu.checkpoint.convert import native_to_hf
-    from megatron_tulu.rollout.config import RolloutConfig
-    from megatron_tulu.rollout.engine import RolloutEngine
-
-    if dist.get_rank() != 0:
-        return None
-    t = recipe.training
-    src = t.init_from_hf
-    if src is None:
-        if t.init_from_native is None:
-            raise ValueError("RLVR needs training.init_from_native or init_from_hf (the SFT model)")
-        tmp = tempfile.mkdtemp(prefix="mt-rl-engine-")
-        src = str(native_to_hf(t.init_from_native, Path(tmp) / "hf"))
-    ro, rl = recipe.rollout, recipe.rlvr
-    cfg = RolloutConfig(
-        model_dir=src, tensor_parallel_size=ro.vllm_tp, num_engines=ro.num_engines,
-        dtype=ro.dtype, max_model_len=rl.max_prompt_tokens + rl.max_response_tokens,
-        seed=t.seed, kv_cache_gib=ro.kv_cache_gib if not torch.cuda.is_available() else None,
-        gpu_memory_utilization=ro.gpu_memory_utilization, enforce_eager=ro.enforce_eager,
-    )  # fmt: skip
-    return RolloutEngine(cfg).start()
-
-
 def run_rlvr(recipe: RecipeConfig) -> RLSummary:
     from megatron_tulu.rollout.policy_sync import push_policy_weights
 
@@ -167,7 +141,7 @@ def run_rlvr(recipe: RecipeConfig) -> RLSummary:
                 load_checkpoint(value, root / "value", step=resume)
             first = info.step + 1
         writer = MetricsWriter(t.output_dir, enabled=is_logger, append=resume is not None)
-        engine = _start_engine(recipe)
+        engine = start_rollout_engine(recipe)
         sync = push_policy_weights(policy.raw_chunks(), model=recipe.model, engine=engine)
         if dist.get_rank() == 0:
             generator = Generator(engine, tokenizer, stop_ids, rl, seed=t.seed)
