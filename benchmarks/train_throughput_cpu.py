@@ -36,7 +36,8 @@ def engine_worker(preset, hf_dir, tokens, tp, pp, micro, steps, warmup):
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 

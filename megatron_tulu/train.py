@@ -8,9 +8,18 @@ Runs in one process or under torchrun (any TP/PP/DP layout the recipe and world 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
+
+# training.stage -> (module, factory): imported on use (each pulls in its own dependencies)
+STAGES = {
+    "pretrain": ("megatron_tulu.stages.pretrain", "pretrain_stage"),
+    "sft": ("megatron_tulu.stages.sft", "sft_stage"),
+    "dpo": ("megatron_tulu.stages.dpo", "dpo_stage"),
+    "rlvr": ("megatron_tulu.stages.rlvr.stage", "rlvr_stage"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,54 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     from megatron_tulu.config import load_recipe
-    from megatron_tulu.stages.loop import run_training
+    from megatron_tulu.stages.loop import run_stage
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if recipe.training.stage == "rlvr":
-        return _run_rlvr(recipe)
+    module, factory = STAGES[recipe.training.stage]
     try:
-        if recipe.training.stage == "sft":
-            from megatron_tulu.stages.sft import sft_source
-
-            summary = run_training(recipe, sft_source)
-        elif recipe.training.stage == "dpo":
-            from megatron_tulu.stages.dpo import dpo_source
-
-            summary = run_training(recipe, dpo_source)
-        else:
-            summary = run_training(recipe)
+        summary = run_stage(recipe, getattr(importlib.import_module(module), factory))
     except (ValueError, FileNotFoundError) as exc:  # bad input found after start-up
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
-        unit = "pairs/s" if recipe.training.stage == "dpo" else "tokens/s"  # the loss's count
-        print(
-            f"done: {summary.steps} steps, loss {summary.first_loss:.4f} -> "
-            f"{summary.last_loss:.4f}, {summary.tokens_per_s:.0f} {unit}; "
-            f"metrics in {summary.output_dir}/metrics.jsonl, plot {summary.output_dir}/loss.png"
-        )
-    return 0
-
-
-def _run_rlvr(recipe) -> int:
-    from megatron_tulu.stages.rlvr.trainer import run_rlvr
-
-    try:
-        summary = run_rlvr(recipe)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
-        evals = ", ".join(f"step {s}: {a:.3f}" for s, a in summary.eval_accuracy)
-        print(
-            f"done: {summary.steps} RLVR steps, reward {summary.first_reward:.3f} -> "
-            f"{summary.last_reward:.3f}; held-out accuracy {evals or 'not evaluated'}; "
-            f"metrics in {summary.output_dir}/metrics.jsonl"
-        )
+        print(summary.done_line())
     return 0
 
 

@@ -29,17 +29,19 @@ from pathlib import Path
 
 def _worker(args: dict) -> dict:
     import resource
+    from functools import partial
 
     import torch
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.forward import sft_forward_step
+    from megatron_tulu.engine.forward import forward_step
     from megatron_tulu.engine.schedule import train_step
+    from megatron_tulu.losses.dpo import dpo_pair_loss
+    from megatron_tulu.losses.sft import sft_loss
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.stages.dpo_step import dpo_forward_step
 
     overrides = {"num_layers": args["num_layers"]} if args["num_layers"] else {}
     model = model_preset(args["model"], **overrides)
@@ -73,16 +75,17 @@ def _worker(args: dict) -> dict:
             return {k: v.to(device) for k, v in mb.items()}  # fmt: skip
 
         if args["stage"] == "dpo":
-            step_fn, key = dpo_forward_step(model.vocab_size, beta=5.0), "dpo"
+            loss, key = partial(dpo_pair_loss, vocab_size=model.vocab_size, beta=5.0), "dpo"
         else:
-            step_fn, key = sft_forward_step(model.vocab_size, "sum"), "lm loss"
+            loss = partial(sft_loss, vocab_size=model.vocab_size, reduction="sum")
+            key = "lm loss"
         times = []
         for i in range(args["warmup"] + args["steps"]):
             batch = [micro() for _ in range(dims.num_microbatches)]
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            train_step(engine, batch, forward_step=step_fn, report_key=key)
+            train_step(engine, batch, forward_step=forward_step(loss), report_key=key)
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= args["warmup"]:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="megatron")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    from megatron_tulu.models.hf_check import DEFAULT_ATOL, check_against_hf
+    from megatron_tulu.tools.hf_check import DEFAULT_ATOL, check_against_hf
 
     atol = DEFAULT_ATOL if args.atol is None else args.atol
     try:

@@ -1,5 +1,13 @@
 """Builds the training engine: model chunks wrapped in megatron DDP, the megatron optimizer
-(distributed optimizer optional, fp32 master weights under bf16) and the LR schedule."""
+(distributed optimizer optional, fp32 master weights under bf16) and the LR schedule; and the
+frozen (forward-only) model used as a reference.
+
+Every model carries its process groups as one :class:`ProcessGroupCollection` (``pg``): the
+global (megatron ``parallel_state``) groups for a model on the trainer's layout, or a model's
+own groups (:mod:`megatron_tulu.parallel.model_groups`). Everything downstream -- schedules,
+collection of results, DDP, the optimizer -- takes it from there, so there is one code path for
+both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from megatron_tulu.config import ModelConfig, OptimizerConfig, ParallelDims
 from megatron_tulu.models.llama import BuildOptions, build_model_chunks
+from megatron_tulu.parallel import global_groups
 
 
 @dataclass(kw_only=True)
@@ -28,11 +37,46 @@ class Engine:
     optimizer: object  # megatron MegatronOptimizer / ChainedOptimizer
     scheduler: OptimizerParamScheduler
     options: BuildOptions
-    pg: ProcessGroupCollection | None = None  # a model on its own groups (None: the global ones)
+    pg: ProcessGroupCollection  # the global groups, or the model's own
 
     def raw_chunks(self) -> list[torch.nn.Module]:
         """The GPTModel chunks inside the DDP (and Float16Module) wrappers."""
         return [unwrap(c) for c in self.chunks]
+
+
+@dataclass(kw_only=True)
+class FrozenModel:
+    """Model chunks without DDP or optimizer (a reference policy): forward only."""
+
+    model: ModelConfig
+    dims: ParallelDims
+    chunks: list[torch.nn.Module]
+    options: BuildOptions
+    pg: ProcessGroupCollection
+
+    def raw_chunks(self) -> list[torch.nn.Module]:
+        return self.chunks
+
+
+def build_frozen(
+    *, model: ModelConfig, dims: ParallelDims, options: BuildOptions | None = None
+) -> FrozenModel:
+    """This rank's chunks of a forward-only model on the global layout (weights to be loaded)."""
+    options = options or BuildOptions()
+    chunks = build_model_chunks(model, dims, options)
+    for chunk in chunks:
+        chunk.eval()
+    return FrozenModel(
+        model=model, dims=dims, chunks=chunks, options=options, pg=global_groups()
+    )  # fmt: skip
+
+
+def freeze(model: FrozenModel) -> FrozenModel:
+    """No gradients for any weight (after loading)."""
+    for chunk in model.chunks:
+        for p in chunk.parameters():
+            p.requires_grad_(False)
+    return model
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -100,7 +144,8 @@ def build_engine(
     optimizer on a model's own groups (:mod:`megatron_tulu.parallel.model_groups`).
     """
     options = options or BuildOptions()
-    raw = build_model_chunks(model, dims, options, pg=pg)
+    raw = build_model_chunks(model, dims, options, pg=pg)  # pg None: the global layout
+    groups = pg if pg is not None else global_groups()
     if load_weights is not None:
         load_weights(raw)
     config = raw[0].config
@@ -123,23 +168,19 @@ def build_engine(
                 module=module,
                 # Megatron: only the first chunk's buckets may start their reduce early.
                 disable_bucketing=(i > 0),
-                pg_collection=pg,
+                pg_collection=groups,
             )
         )
-    if pg is not None:
-        # Replicas start equal whatever RNG state each rank's earlier builds left behind.
-        for chunk in wrapped:
-            chunk.broadcast_params()
+    # Replicas start equal whatever RNG state each rank's earlier builds left behind.
+    for chunk in wrapped:
+        chunk.broadcast_params()
     if overlap_grad_reduce:
         sync = [c.no_sync for c in wrapped]
         config.no_sync_func = sync[0] if len(sync) == 1 else sync
-    if pg is None:
-        opt = get_megatron_optimizer(megatron_optimizer_config(optimizer, options), wrapped)
-    else:
-        opt = get_megatron_optimizer(
-            megatron_optimizer_config(optimizer, options), wrapped,
-            use_gloo_process_groups=False, pg_collection=pg,
-        )  # fmt: skip
+    opt = get_megatron_optimizer(
+        megatron_optimizer_config(optimizer, options), wrapped,
+        use_gloo_process_groups=False, pg_collection=groups,
+    )  # fmt: skip
     scheduler = build_scheduler(opt, optimizer, train_steps)
     return Engine(
         model=model,
@@ -148,5 +189,5 @@ def build_engine(
         optimizer=opt,
         scheduler=scheduler,
         options=options,
-        pg=pg,
+        pg=groups,
     )

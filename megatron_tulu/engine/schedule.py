@@ -1,27 +1,39 @@
-"""One training step through megatron-core's pipeline schedules.
+"""Training and forward-only passes through megatron-core's pipeline schedules.
 
-A micro-batch is a dict of ``tokens``, ``labels``, ``loss_mask`` and ``position_ids``, each
-[micro_batch, seq]. Every pipeline stage reads the same micro-batches (the first stage uses the
-tokens, the last the labels); every model chunk of an interleaved schedule gets its own iterator
-over them, as megatron expects.
+A model here is anything with ``chunks`` (DDP-wrapped or raw GPTModel chunks), ``dims`` (its
+layout) and ``pg`` (its process groups): an :class:`~megatron_tulu.engine.build.Engine` or a
+:class:`~megatron_tulu.engine.build.FrozenModel`. Micro-batches: :mod:`.microbatch`; forward
+steps: :mod:`.forward`; results off the last stage: :mod:`.collect`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
 from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.utils import get_model_config
 
 from megatron_tulu.config import ParallelDims
 from megatron_tulu.engine.build import Engine
-from megatron_tulu.engine.forward import MicroBatch, forward_model, sft_forward_step
+from megatron_tulu.engine.collect import collect
+from megatron_tulu.engine.forward import ForwardStep, measure_step
+from megatron_tulu.engine.forward import forward_step as make_step
+from megatron_tulu.engine.microbatch import MicroBatch
+from megatron_tulu.losses.sft import sft_loss
 from megatron_tulu.models.logits import gather_full_logits
+from megatron_tulu.parallel import global_groups
+
+
+class Runnable(Protocol):
+    chunks: list[torch.nn.Module]
+    dims: ParallelDims
+    pg: ProcessGroupCollection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,126 +46,69 @@ class StepResult:
     totals: tuple[float, ...] = ()  # the whole summed report vector
 
 
-def reduce_report(
-    reports: Sequence[dict[str, torch.Tensor]], key: str, pg: ProcessGroupCollection | None = None
-) -> list[float]:
-    """Sums report vectors ``key`` over micro-batches and data-parallel ranks (on the last
-    pipeline stage, where losses exist) and broadcasts the totals to every rank."""
-    total: torch.Tensor | None = None
-    for report in reports:
-        value = report[key].detach().to(torch.float64).cpu().reshape(-1)
-        total = value if total is None else total + value
-    if pg is not None:  # a model on its own groups: no pipeline, every rank has its reports
-        assert total is not None
-        dist.all_reduce(total, group=pg.dp)
-        return total.tolist()
-    width = torch.tensor([0 if total is None else total.numel()], dtype=torch.int64)
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        last = ps.get_pipeline_model_parallel_last_rank()
-        dist.broadcast(width, src=last, group=ps.get_pipeline_model_parallel_group())
-    if total is None:
-        total = torch.zeros(int(width.item()), dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        last = ps.get_pipeline_model_parallel_last_rank()
-        dist.broadcast(total, src=last, group=ps.get_pipeline_model_parallel_group())
-    return total.tolist()
-
-
 def forward_backward(
-    chunks: Sequence[torch.nn.Module],
-    dims: ParallelDims,
+    model: Runnable,
     microbatches: Sequence[MicroBatch],
     *,
-    forward_step: Callable,
+    forward_step: ForwardStep,
     forward_only: bool = False,
-    pg: ProcessGroupCollection | None = None,
+    dims: ParallelDims | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Runs megatron's schedule (no pipelining, 1F1B or interleaved, chosen by the layout) over
-    this rank's micro-batches; returns the loss functions' report dicts (last stage only).
-    With ``pg`` (a model on its own groups, PP 1) the no-pipelining schedule runs on them."""
+    this rank's micro-batches on the model's groups; returns the loss functions' report dicts
+    (last stage only). ``dims``: a re-cut of the model's layout (e.g. a whole rollout batch as
+    one global batch), else the model's own."""
+    dims = dims or model.dims
     if len(microbatches) != dims.num_microbatches:
         raise ValueError(
             f"got {len(microbatches)} micro-batches, the layout needs num_microbatches "
             f"{dims.num_microbatches} (global batch {dims.global_batch_size} / (micro batch "
             f"{dims.micro_batch_size} * dp {dims.dp}))"
         )
+    chunks = list(model.chunks)
     iterators: Iterator[MicroBatch] | list[Iterator[MicroBatch]]
     if len(chunks) > 1:
         iterators = [iter(microbatches) for _ in chunks]
     else:
         iterators = iter(microbatches)
-    extra = {} if pg is None else {"pg_collection": pg}
-    schedule = get_forward_backward_func() if pg is None else get_forward_backward_func(1, None)
+    pg = model.pg
+    schedule = get_forward_backward_func(pg.pp.size(), dims.vpp)
     return schedule(
         forward_step_func=forward_step,
         data_iterator=iterators,
-        model=list(chunks),
+        model=chunks,
         num_microbatches=dims.num_microbatches,
         seq_length=microbatches[0]["tokens"].shape[1],
         micro_batch_size=dims.micro_batch_size,
         forward_only=forward_only,
-        **extra,
+        p2p_communicator=P2PCommunicator(pp_group=pg.pp, config=get_model_config(chunks[0])),
+        pg_collection=pg,
     )
 
 
-def _logits_report(
-    batch: MicroBatch, vocab_size: int, output: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    full = gather_full_logits(output.detach().float(), vocab_size)
-    zero = output.new_zeros(())
-    return zero, torch.tensor(0, dtype=torch.int), {"logits": full}
-
-
-def _logits_step(vocab_size: int, data: Iterator[MicroBatch], model: torch.nn.Module):
-    batch = next(data)
-    return forward_model(model, batch), partial(_logits_report, batch, vocab_size)
-
-
-@torch.no_grad()
-def forward_logits(
-    chunks: Sequence[torch.nn.Module],
-    dims: ParallelDims,
-    microbatches: Sequence[MicroBatch],
-    vocab_size: int,
-) -> list[torch.Tensor] | None:
-    """Full (TP-gathered, padding removed) fp32 logits [b, s, vocab] per micro-batch, on the
-    last pipeline stage; None on other stages. For checks and evaluation of small batches."""
-    reports = forward_backward(
-        chunks,
-        dims,
-        microbatches,
-        forward_step=partial(_logits_step, vocab_size),
-        forward_only=True,
-    )
-    if not ps.is_pipeline_last_stage(ignore_virtual=True):
-        return None
-    return [r["logits"] for r in reports]
+def reduce_report(
+    reports: Sequence[dict[str, torch.Tensor]], key: str, pg: ProcessGroupCollection
+) -> list[float]:
+    """Report vectors ``key`` summed over micro-batches and data-parallel ranks, on every rank."""
+    total = collect(reports, key, pg, dtype=torch.float64, sum_microbatches=True, dp="sum")
+    return total.reshape(-1).tolist()
 
 
 def train_step(
-    engine: Engine,
-    microbatches: Sequence[MicroBatch],
-    *,
-    forward_step: Callable | None = None,
+    engine: Engine, microbatches: Sequence[MicroBatch], *, forward_step: ForwardStep | None = None,
     report_key: str = "lm loss",
-) -> StepResult:
+) -> StepResult:  # fmt: skip
     """Zero grads, forward/backward over all micro-batches, optimizer step, LR schedule step.
 
-    ``forward_step`` defaults to the token loss with mean reduction; its loss function's report
+    ``forward_step`` defaults to the token loss with mean reduction; the loss function's report
     ``report_key`` must start with [loss sum, count] (``StepResult.loss`` = sum / count).
     """
+    if forward_step is None:
+        forward_step = make_step(partial(sft_loss, vocab_size=engine.model.vocab_size))
     for chunk in engine.chunks:
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
-    reports = forward_backward(
-        engine.chunks,
-        engine.dims,
-        microbatches,
-        forward_step=forward_step or sft_forward_step(engine.model.vocab_size),
-        pg=engine.pg,
-    )
+    reports = forward_backward(engine, microbatches, forward_step=forward_step)
     totals = reduce_report(reports, report_key, engine.pg)
     update_successful, grad_norm, _ = engine.optimizer.step()
     engine.scheduler.step(increment=1)
@@ -168,34 +123,25 @@ def train_step(
     )
 
 
-def split_global_batch(
-    tokens: torch.Tensor, loss_mask: torch.Tensor | None, *, dims: ParallelDims, dp_rank: int
-) -> list[MicroBatch]:
-    """This data-parallel rank's micro-batches from a global batch [G, s+1] of token ids.
+@dataclass(kw_only=True)
+class _Chunks:
+    chunks: list[torch.nn.Module]
+    dims: ParallelDims
+    pg: ProcessGroupCollection
 
-    Inputs are ``tokens[:, :-1]``, labels ``tokens[:, 1:]``; rank ``d`` takes rows
-    ``[d * n, (d + 1) * n)`` with ``n = micro_batch * num_microbatches``.
-    """
-    if tokens.shape[0] != dims.global_batch_size:
-        raise ValueError(
-            f"global batch has {tokens.shape[0]} rows, expected global_batch_size "
-            f"{dims.global_batch_size}"
-        )
-    per_rank = dims.micro_batch_size * dims.num_microbatches
-    rows = slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
-    inputs, labels = tokens[rows, :-1], tokens[rows, 1:]
-    mask = torch.ones_like(labels) if loss_mask is None else loss_mask[rows, 1:]
-    seq = inputs.shape[1]
-    positions = torch.arange(seq).unsqueeze(0).expand(dims.micro_batch_size, -1)
-    out = []
-    for i in range(dims.num_microbatches):
-        sl = slice(i * dims.micro_batch_size, (i + 1) * dims.micro_batch_size)
-        out.append(
-            {
-                "tokens": inputs[sl].contiguous(),
-                "labels": labels[sl].contiguous(),
-                "loss_mask": mask[sl].contiguous(),
-                "position_ids": positions,
-            }
-        )
-    return out
+
+def as_runnable(chunks: Sequence[torch.nn.Module], dims: ParallelDims) -> Runnable:
+    """Bare chunks on the global layout as a model the schedules take (checks and tools)."""
+    return _Chunks(chunks=list(chunks), dims=dims, pg=global_groups())
+
+
+@torch.no_grad()
+def forward_logits(
+    model: Runnable, microbatches: Sequence[MicroBatch], vocab_size: int
+) -> list[torch.Tensor]:
+    """Full (TP-gathered, padding removed) fp32 logits [b, s, vocab] per micro-batch, on every
+    rank. For checks and evaluation of small batches (the logits cross the pipeline)."""
+    step = measure_step("logits", lambda b, out: gather_full_logits(out.float(), vocab_size))
+    reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
+    logits = collect(reports, "logits", model.pg)
+    return list(logits.split([mb["tokens"].shape[0] for mb in microbatches]))

@@ -9,6 +9,16 @@ shapes [pairs]:
 
 Rewards follow the same normalisation: ``reward_c = beta * (pi_c - ref_c) [/ len_c]``;
 accuracy is ``reward_c > reward_r``, margin ``reward_c - reward_r``.
+
+On micro-batches (count = pairs: the loss is the mean over the global batch's pairs; the report
+"dpo" holds [loss sum, pairs, accuracy sum, chosen reward sum, rejected reward sum]):
+
+- :func:`dpo_pair_loss` -- one forward for both sides: rows ``[0, p)`` are the chosen and
+  ``[p, 2p)`` the rejected responses of ``p`` pairs, ``ref_chosen`` / ``ref_rejected`` [p] the
+  reference log-prob sums.
+- :func:`dpo_side_loss` -- two forwards (``dpo.forward: separate``): each row carries ``coef``,
+  its loss derivative from :func:`pair_loss_coefficients` (computed from a forward-only pass of
+  both sides), and ``report``, its pair's metrics on the chosen row and zeros on the rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from megatron_tulu.losses.logprobs import Batch, sequence_logprobs
 
 DPO_LOSS_TYPES = ("sigmoid", "dpo_norm")
 
@@ -66,3 +78,64 @@ def dpo_loss(
         chosen_reward=(beta * chosen).detach(),
         rejected_reward=(beta * rejected).detach(),
     )
+
+
+def dpo_pair_loss(
+    batch: Batch, output: torch.Tensor, *, vocab_size: int, beta: float,
+    loss_type: str = "dpo_norm",
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The pair loss of a micro-batch holding both sides (see the module docstring)."""
+    logp_sum, lengths = sequence_logprobs(output, batch, vocab_size)
+    pairs = logp_sum.shape[0] // 2
+    terms = dpo_loss(
+        policy_chosen=logp_sum[:pairs], policy_rejected=logp_sum[pairs:],
+        reference_chosen=batch["ref_chosen"], reference_rejected=batch["ref_rejected"],
+        beta=beta, loss_type=loss_type,
+        chosen_lengths=lengths[:pairs], rejected_lengths=lengths[pairs:],
+    )  # fmt: skip
+    loss_sum = terms.loss.sum()
+    report = torch.stack([
+        loss_sum.detach(), torch.tensor(float(pairs)), terms.accuracy.sum(),
+        terms.chosen_reward.sum(), terms.rejected_reward.sum(),
+    ])  # fmt: skip
+    return loss_sum, torch.tensor(pairs, dtype=torch.int), {"dpo": report}
+
+
+def pair_loss_coefficients(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the two-forward mode: (dL_i/d[pi_c, pi_r] [pairs, 2], report rows [pairs, 5]).
+
+    ``policy``/``reference``/``lengths`` are [pairs, 2] (chosen, rejected). The pair loss couples
+    both sides, so each side's backward needs the other's log-prob: with the policy log-probs of
+    a forward-only pass, back-propagating ``sum(coef * logp)`` side by side gives exactly the
+    gradient of ``sum(loss)``. Report rows: [loss, 1, accuracy, chosen reward, rejected reward].
+    """
+    logp = policy.detach().double().requires_grad_(True)
+    terms = dpo_loss(
+        policy_chosen=logp[:, 0], policy_rejected=logp[:, 1],
+        reference_chosen=reference[:, 0].double(), reference_rejected=reference[:, 1].double(),
+        beta=beta, loss_type=loss_type,
+        chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1],
+    )  # fmt: skip
+    (coef,) = torch.autograd.grad(terms.loss.sum(), logp)
+    report = torch.stack([
+        terms.loss.detach(), torch.ones_like(terms.loss), terms.accuracy,
+        terms.chosen_reward, terms.rejected_reward,
+    ], dim=1).float()  # fmt: skip
+    return coef.float(), report
+
+
+def dpo_side_loss(
+    batch: Batch, output: torch.Tensor, *, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Two-forward DPO: ``sum(coef * logp)`` over the micro-batch's rows (one side each)."""
+    logp_sum, _ = sequence_logprobs(output, batch, vocab_size)
+    loss = (batch["coef"].to(logp_sum.dtype) * logp_sum).sum()
+    report = batch["report"].sum(dim=0)  # zero rows on rejected sides: each pair counted once
+    return loss, report[1].to(torch.int), {"dpo": report}

@@ -8,6 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from megatron_tulu.config import ParallelDims
@@ -61,3 +62,21 @@ def destroy_parallel() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def global_groups() -> ProcessGroupCollection:
+    """The trainer's layout (megatron ``parallel_state``) as a process-group collection: what
+    every model on that layout passes to the schedules, DDP, the optimizer and our collectives."""
+    return ProcessGroupCollection.use_mpu_process_groups()
+
+
+def is_last_stage(pg: ProcessGroupCollection) -> bool:
+    """Whether this rank holds the last pipeline stage (where logits and losses exist)."""
+    return pg.pp.rank() == pg.pp.size() - 1
+
+
+def comm_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """Where tensors for collectives on ``group`` must live: the current GPU under NCCL."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,21 +1,25 @@
 """DPO (Tülu 3 stage 2): preference pairs, cached reference log-probs, the pair loss.
 
-:class:`DPOSource` feeds the shared training loop. Before the first step the reference
-log-probs of every pair (chosen and rejected response sums under the INITIAL weights -- the SFT
-checkpoint the run starts from) are computed forward-only through the same layout and cached
-on disk (:mod:`megatron_tulu.stages.dpo_reference`); a resumed run reads the cache, since its
-weights have moved. Each micro-batch holds ``micro_batch_size / 2`` pairs, chosen rows then
-rejected rows, in one forward (so ``parallel.micro_batch_size`` and ``global_batch_size`` count
-sequences, two per pair). With ``dpo.forward: separate`` the rank's chosen rows fill the first
-half of its micro-batches and the rejected rows the second half (two forwards per pair, any
-micro-batch size); a forward-only pass first gives the policy log-probs that couple the sides
-(:func:`megatron_tulu.stages.dpo_step.pair_loss_coefficients`).
+Before the first step the reference log-probs of every pair (chosen and rejected response sums
+under the INITIAL weights -- the SFT checkpoint the run starts from) are computed forward-only
+through the same layout and cached on disk (:mod:`megatron_tulu.stages.dpo_reference`); a
+resumed run reads the cache, since its weights have moved. Each micro-batch holds
+``micro_batch_size / 2`` pairs, chosen rows then rejected rows, in one forward (so
+``parallel.micro_batch_size`` and ``global_batch_size`` count sequences, two per pair). With
+``dpo.forward: separate`` the rank's chosen rows fill the first half of its micro-batches and
+the rejected rows the second half (two forwards per pair, any micro-batch size); before each
+step a forward-only pass gives the policy log-probs that couple the sides
+(:func:`megatron_tulu.losses.dpo.pair_loss_coefficients`).
+
+:class:`PreferenceBatches` is the data side (pairs -> micro-batches with their reference
+values); :class:`DPOTask` adds what needs the model (the reference pass, the coefficients).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,55 +31,37 @@ from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.preference import PreferenceDataConfig, PreferenceDataset
 from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
-from megatron_tulu.engine.forward import MicroBatch
+from megatron_tulu.engine.build import Engine
+from megatron_tulu.engine.forward import ForwardStep, forward_step
+from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
+from megatron_tulu.engine.schedule import Runnable
+from megatron_tulu.losses.dpo import dpo_pair_loss, dpo_side_loss, pair_loss_coefficients
+from megatron_tulu.stages.data_files import task_files, tokenizer_ref
 from megatron_tulu.stages.dpo_reference import (
     ReferenceLogpCache,
     cache_key,
     compute_reference_logps,
     file_digest,
+    pair_logps,
 )
-from megatron_tulu.stages.dpo_step import (
-    attach_pair_coefficients,
-    dpo_forward_step,
-    dpo_separate_forward_step,
-)
-from megatron_tulu.stages.sft import task_files
+from megatron_tulu.stages.loop import StageContext
+from megatron_tulu.stages.supervised import SupervisedStage
+
+KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 @dataclass(kw_only=True)
-class DPOSource:
+class PreferenceBatches:
+    """Pairs -> this DP rank's micro-batches (``layout``: concat or separate), each with the
+    reference log-prob sums of the pairs its rows belong to once ``reference`` is set."""
+
     dataset: PreferenceDataset
-    train_file: str
-    sampler: ShardedSampler
     dims: ParallelDims
     seq_length: int
-    forward_step: Any
-    beta: float = 5.0
-    loss_type: str = "dpo_norm"
-    layout: str = "concat"  # dpo.forward: concat (one forward per pair) or separate (two)
-    vocab_size: int = 0
-    engine: Any = None  # set by prepare(); the separate layout's forward-only pass needs it
-    cache: ReferenceLogpCache | None = None
-    reference: torch.Tensor | None = None  # [pairs, 2], set by prepare()
-    report_key: str = "dpo"
-    count_name: str = "pairs"
-    tokenizer_ref: dict[str, Any] = field(default_factory=dict)
+    layout: str = "concat"
+    reference: torch.Tensor | None = None  # [pairs, 2]
 
-    def metrics(self, totals: tuple[float, ...]) -> dict[str, float]:
-        """From the summed "dpo" report [loss, pairs, accuracy, chosen reward, rejected reward]."""
-        pairs = max(totals[1], 1.0)
-        return {
-            "preference_accuracy": totals[2] / pairs,
-            "reward_chosen": totals[3] / pairs,
-            "reward_rejected": totals[4] / pairs,
-            "reward_margin": (totals[3] - totals[4]) / pairs,
-        }
-
-    @property
-    def pairs_per_micro(self) -> int:
-        return self.dims.micro_batch_size // 2
-
-    def _micro(self, indices: list[int]) -> list[MicroBatch]:
+    def micro(self, indices: list[int]) -> list[MicroBatch]:
         # Pad to the step's longest row (rounded up for TP/SP), not to seq_length: every rank of a
         # model replica reads the same pairs, so all its micro-batches share one length.
         longest = max(
@@ -86,18 +72,15 @@ class DPOSource:
         multiple = math.lcm(8, self.dims.tp)
         width = min(self.seq_length, -(-longest // multiple) * multiple)
         batch = self.dataset.batch(indices, pad_to=width)
-        keys = ("tokens", "labels", "loss_mask", "position_ids")
+        chosen = {k: getattr(batch, f"chosen_{k}") for k in KEYS}
+        rejected = {k: getattr(batch, f"rejected_{k}") for k in KEYS}
+        m, n = self.dims.micro_batch_size, self.dims.num_microbatches
         if self.layout == "separate":
-            rows = {k: torch.cat([getattr(batch, f"chosen_{k}"), getattr(batch, f"rejected_{k}")])
-                    for k in keys}  # fmt: skip
-            m = self.dims.micro_batch_size
-            out = [{k: v[i * m : (i + 1) * m] for k, v in rows.items()}
-                   for i in range(self.dims.num_microbatches)]  # fmt: skip
+            rows = {k: torch.cat([chosen[k], rejected[k]]) for k in KEYS}
+            out = slice_rows(rows, m, n)
         else:
-            p = self.pairs_per_micro
-            out = [{k: torch.cat([getattr(batch, f"chosen_{k}")[i * p : (i + 1) * p],
-                                  getattr(batch, f"rejected_{k}")[i * p : (i + 1) * p]])
-                    for k in keys} for i in range(self.dims.num_microbatches)]  # fmt: skip
+            sides = zip(slice_rows(chosen, m // 2, n), slice_rows(rejected, m // 2, n), strict=True)
+            out = [{k: torch.cat([c[k], r[k]]) for k in KEYS} for c, r in sides]
         if self.reference is not None:
             ref = self.reference[batch.sample_ids].float()  # [pairs, 2]
             for mb, (c, r) in zip(out, self._pair_slices(out), strict=True):
@@ -122,52 +105,96 @@ class DPOSource:
             start += p
         return slices
 
-    def microbatches(self, consumed: int) -> list[MicroBatch]:
-        if self.reference is None:
-            raise RuntimeError("DPOSource.prepare() must run before training")
-        micro = self._micro(self.sampler.rank_batch(consumed // 2))
-        if self.layout == "separate":
-            attach_pair_coefficients(
-                micro, self.engine.chunks, self.dims, self.vocab_size,
-                beta=self.beta, loss_type=self.loss_type,
-            )  # fmt: skip
-        return micro
 
-    def prepare(self, engine, *, resuming: bool) -> None:
+def attach_pair_coefficients(
+    micro: list[MicroBatch], model: Runnable, vocab_size: int, *, beta: float, loss_type: str
+) -> list[MicroBatch]:
+    """Separate layout (first half of the rows chosen, second half rejected, each micro-batch
+    with ``ref_chosen``/``ref_rejected`` of the pairs its rows belong to): runs the policy
+    forward-only, then sets each row's ``coef`` and ``report`` in place."""
+    policy = pair_logps(model, micro, vocab_size, layout="separate")
+    rows_len = torch.cat([mb["loss_mask"] for mb in micro]).sum(dim=-1)
+    half = rows_len.shape[0] // 2
+    lengths = torch.stack([rows_len[:half], rows_len[half:]], dim=1)
+    reference = torch.stack(
+        [torch.cat([mb["ref_chosen"] for mb in micro]),
+         torch.cat([mb["ref_rejected"] for mb in micro])], dim=1,
+    )  # fmt: skip
+    coef, report = pair_loss_coefficients(
+        policy, reference, lengths, beta=beta, loss_type=loss_type
+    )
+    row_coef = torch.cat([coef[:, 0], coef[:, 1]])
+    row_report = torch.cat([report, torch.zeros_like(report)])
+    start = 0
+    for mb in micro:
+        n = mb["tokens"].shape[0]
+        mb["coef"], mb["report"] = row_coef[start : start + n], row_report[start : start + n]
+        start += n
+    return micro
+
+
+@dataclass(kw_only=True)
+class DPOTask:
+    batches: PreferenceBatches
+    train_file: str
+    sampler: ShardedSampler
+    forward_step: ForwardStep
+    cache: ReferenceLogpCache
+    beta: float = 5.0
+    loss_type: str = "dpo_norm"
+    vocab_size: int = 0
+    report_key: str = "dpo"
+    count_name: str = "pairs"
+    tokenizer_ref: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self, totals: tuple[float, ...]) -> dict[str, float]:
+        """From the summed "dpo" report [loss, pairs, accuracy, chosen reward, rejected reward]."""
+        pairs = max(totals[1], 1.0)
+        return {
+            "preference_accuracy": totals[2] / pairs,
+            "reward_chosen": totals[3] / pairs,
+            "reward_rejected": totals[4] / pairs,
+            "reward_margin": (totals[3] - totals[4]) / pairs,
+        }
+
+    def microbatches(self, consumed: int) -> list[MicroBatch]:
+        if self.batches.reference is None:
+            raise RuntimeError("DPOTask.prepare() must run before training")
+        return self.batches.micro(self.sampler.rank_batch(consumed // 2))
+
+    def before_step(self, engine: Engine, micro: list[MicroBatch]) -> None:
+        if self.batches.layout == "separate":
+            attach_pair_coefficients(
+                micro, engine, self.vocab_size, beta=self.beta, loss_type=self.loss_type
+            )
+
+    def prepare(self, engine: Engine, *, resuming: bool) -> None:
         """Loads the reference table from the cache, or computes it now (initial weights)."""
-        self.engine = engine
-        cache = self.cache
-        if cache is None:
-            raise RuntimeError("DPOSource.cache is not set")
-        table = cache.load()
+        table = self.cache.load()
         if table is None:
             if resuming:
                 raise FileNotFoundError(
-                    f"resuming DPO but the reference log-probs cache {cache.path} is missing: "
-                    "the weights have moved, so they can no longer be computed; restore the "
-                    "cache or restart DPO from its initial checkpoint"
+                    f"resuming DPO but the reference log-probs cache {self.cache.path} is "
+                    "missing: the weights have moved, so they can no longer be computed; restore "
+                    "the cache or restart DPO from its initial checkpoint"
                 )
-            n, rank_pairs = len(self.dataset), self.sampler.rank_batch_size
-            dp, d = self.dims.dp, ps.get_data_parallel_rank()
-            step_pairs = rank_pairs * dp
-
-            def batches():
-                for start in range(0, n, step_pairs):
-                    mine = [start + d * rank_pairs + k for k in range(rank_pairs)]
-                    mine = [i if i < n else i % n for i in mine]  # wrap the last batch
-                    yield torch.tensor(mine), self._micro(mine)
-
             table = compute_reference_logps(
-                engine.chunks, self.dims, batches(), num_pairs=n,
-                vocab_size=engine.model.vocab_size, layout=self.layout,
+                engine, self._reference_batches(engine), num_pairs=len(self.batches.dataset),
+                vocab_size=engine.model.vocab_size, layout=self.batches.layout,
             )  # fmt: skip
-            cache.save(table)
-        self.reference = table
+            self.cache.save(table)
+        self.batches.reference = table
+
+    def _reference_batches(self, engine: Engine):
+        n, rank_pairs = len(self.batches.dataset), self.sampler.rank_batch_size
+        dp, d = engine.pg.dp.size(), engine.pg.dp.rank()
+        for start in range(0, n, rank_pairs * dp):
+            mine = [start + d * rank_pairs + k for k in range(rank_pairs)]
+            mine = [i if i < n else i % n for i in mine]  # wrap the last batch
+            yield torch.tensor(mine), self.batches.micro(mine)
 
 
-def dpo_source(recipe: RecipeConfig, dims: ParallelDims) -> DPOSource:
-    data, seq = recipe.data, recipe.training.seq_length
-    layout = recipe.dpo.forward
+def _check_layout(layout: str, dims: ParallelDims) -> None:
     if layout == "concat" and dims.micro_batch_size % 2:
         raise ValueError(
             f"parallel.micro_batch_size ({dims.micro_batch_size}) must be even for DPO with "
@@ -180,6 +207,11 @@ def dpo_source(recipe: RecipeConfig, dims: ParallelDims) -> DPOSource:
             f"micro_batch_size {dims.micro_batch_size} x num_microbatches "
             f"{dims.num_microbatches}: raise parallel.global_batch_size"
         )
+
+
+def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
+    data, seq, layout = recipe.data, recipe.training.seq_length, recipe.dpo.forward
+    _check_layout(layout, dims)
     train_file, tok_path = task_files(recipe, "pref_train.jsonl")
     tokenizer = load_tokenizer(tok_path)
     dataset = PreferenceDataset.from_jsonl(train_file, tokenizer, PreferenceDataConfig(
@@ -192,28 +224,30 @@ def dpo_source(recipe: RecipeConfig, dims: ParallelDims) -> DPOSource:
         num_samples=len(dataset), global_batch_size=dims.global_batch_size // 2,
         dp_rank=ps.get_data_parallel_rank(), dp_size=dims.dp, seed=recipe.training.seed,
     )  # fmt: skip
-    source = DPOSource(
-        dataset=dataset, train_file=train_file, sampler=sampler, dims=dims, seq_length=seq,
-        forward_step=(
-            dpo_separate_forward_step(recipe.model.vocab_size) if layout == "separate" else
-            dpo_forward_step(recipe.model.vocab_size, beta=recipe.dpo.beta,
-                             loss_type=recipe.dpo.loss_type)
-        ),
-        beta=recipe.dpo.beta, loss_type=recipe.dpo.loss_type, layout=layout,
-        vocab_size=recipe.model.vocab_size,
-        tokenizer_ref={"path": str(Path(tok_path).resolve()), "chat_template": data.chat_template},
+    vocab, beta, loss_type = recipe.model.vocab_size, recipe.dpo.beta, recipe.dpo.loss_type
+    if layout == "separate":
+        loss = partial(dpo_side_loss, vocab_size=vocab)
+    else:
+        loss = partial(dpo_pair_loss, vocab_size=vocab, beta=beta, loss_type=loss_type)
+    return DPOTask(
+        batches=PreferenceBatches(dataset=dataset, dims=dims, seq_length=seq, layout=layout),
+        train_file=train_file, sampler=sampler, forward_step=forward_step(loss),
+        cache=reference_cache(recipe, train_file), beta=beta, loss_type=loss_type,
+        vocab_size=vocab, tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
     )  # fmt: skip
-    source.cache = reference_cache(recipe, source)
-    return source
 
 
-def reference_cache(recipe: RecipeConfig, source: DPOSource) -> ReferenceLogpCache:
+def reference_cache(recipe: RecipeConfig, train_file: str) -> ReferenceLogpCache:
     t = recipe.training
     init = t.init_from_native or t.init_from_hf or "random-init"
     key = cache_key(
-        data=file_digest(source.train_file),
+        data=file_digest(train_file),
         init=str(init), seq_length=t.seq_length, template=recipe.data.chat_template,
         max_length=recipe.data.max_length, seed=t.seed, model=recipe.model.name,
     )  # fmt: skip
     cache_dir = recipe.dpo.reference_cache_dir or str(Path(t.output_dir) / "reference_cache")
     return ReferenceLogpCache(cache_dir, key)
+
+
+def dpo_stage(ctx: StageContext) -> SupervisedStage:
+    return SupervisedStage(ctx, dpo_task)

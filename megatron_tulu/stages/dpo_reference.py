@@ -14,15 +14,17 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as ps
 
-from megatron_tulu.config import ParallelDims
-from megatron_tulu.engine.forward import MicroBatch, logprob_forward_step
-from megatron_tulu.engine.schedule import forward_backward
+from megatron_tulu.engine.collect import collect
+from megatron_tulu.engine.forward import measure_step
+from megatron_tulu.engine.microbatch import MicroBatch
+from megatron_tulu.engine.schedule import Runnable, forward_backward
+from megatron_tulu.losses.logprobs import sequence_logprobs
 
 PAIR_LAYOUTS = ("concat", "separate")
 
@@ -51,36 +53,27 @@ def split_pairs(
     return torch.cat(out)
 
 
+def _logp_sums(batch: MicroBatch, output: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    return sequence_logprobs(output, batch, vocab_size)[0]
+
+
 @torch.no_grad()
 def pair_logps(
-    chunks: Sequence[torch.nn.Module],
-    dims: ParallelDims,
+    model: Runnable,
     microbatches: Sequence[MicroBatch],
     vocab_size: int,
     layout: str = "concat",
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
     pipeline rank; ``layout`` says where each pair's rows are (see :func:`split_pairs`)."""
-    reports = forward_backward(
-        chunks, dims, microbatches, forward_step=logprob_forward_step(vocab_size),
-        forward_only=True,
-    )  # fmt: skip
-    total = sum(mb["tokens"].shape[0] for mb in microbatches)
-    rows = torch.zeros(total, dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        rows = torch.cat([r["logp"].to(torch.float64) for r in reports])
-    if dims.pp > 1:
-        dist.broadcast(
-            rows,
-            src=ps.get_pipeline_model_parallel_last_rank(),
-            group=ps.get_pipeline_model_parallel_group(),
-        )
+    step = measure_step("logp", partial(_logp_sums, vocab_size=vocab_size))
+    reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
+    rows = collect(reports, "logp", model.pg, dtype=torch.float64)
     return split_pairs(rows, microbatches, layout)
 
 
 def compute_reference_logps(
-    chunks: Sequence[torch.nn.Module],
-    dims: ParallelDims,
+    model: Runnable,
     batches: Iterable[tuple[torch.Tensor, Sequence[MicroBatch]]],
     *,
     num_pairs: int,
@@ -90,12 +83,13 @@ def compute_reference_logps(
     """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
     indices [n], its micro-batches); results of all DP ranks are combined."""
     table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
+    dp_group = model.pg.dp
     for indices, microbatches in batches:
-        values = pair_logps(chunks, dims, microbatches, vocab_size, layout)
-        idx = [torch.empty_like(indices) for _ in range(dims.dp)]
-        val = [torch.empty_like(values) for _ in range(dims.dp)]
-        dist.all_gather(idx, indices.contiguous(), group=ps.get_data_parallel_group())
-        dist.all_gather(val, values.contiguous(), group=ps.get_data_parallel_group())
+        values = pair_logps(model, microbatches, vocab_size, layout)
+        idx = [torch.empty_like(indices) for _ in range(dp_group.size())]
+        val = [torch.empty_like(values) for _ in range(dp_group.size())]
+        dist.all_gather(idx, indices.contiguous(), group=dp_group)
+        dist.all_gather(val, values.contiguous(), group=dp_group)
         for i, v in zip(idx, val, strict=True):
             table[i] = v
     missing = torch.isnan(table[:, 0]).nonzero().flatten()

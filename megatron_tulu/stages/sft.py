@@ -1,18 +1,17 @@
 """Supervised fine-tuning (Tülu 3 stage 1): conversations in, assistant-token loss out.
 
-The SFT stage feeds the shared training loop (:func:`megatron_tulu.stages.loop.run_training`)
-through :class:`SFTSource`: conversations from a `messages` JSONL (or the embedded arithmetic
-task, built on first use) are tokenised with a chat template, packed into rows of
-``training.seq_length`` tokens (documents never attend to or predict each other: block-diagonal
-causal masks, positions restarting per document), and read in a seeded, data-parallel-sharded
-order addressed by ``consumed_samples`` so a resume continues exactly. The loss is a sum over
-response tokens (Tülu 3) or their mean (``data.loss_reduction``).
+Conversations from a `messages` JSONL (or the embedded arithmetic task, built on first use) are
+tokenised with a chat template, packed into rows of ``training.seq_length`` tokens (documents
+never attend to or predict each other: block-diagonal causal masks, positions restarting per
+document), and read in a seeded, data-parallel-sharded order addressed by ``consumed_samples``
+so a resume continues exactly. The loss is a sum over response tokens (Tülu 3) or their mean
+(``data.loss_reduction``): :func:`megatron_tulu.losses.sft.sft_loss`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch.distributed as dist
@@ -20,22 +19,27 @@ from megatron.core import parallel_state as ps
 
 from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.batching import SFTBatch, packed_attention_mask
-from megatron_tulu.data.build_task import TaskConfig, build_task
 from megatron_tulu.data.packing import PackedSFTDataset
 from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.sft import SFTDataConfig, SFTDataset
 from megatron_tulu.data.tokenizers import load_tokenizer
-from megatron_tulu.engine.forward import MicroBatch, sft_forward_step
+from megatron_tulu.engine.forward import ForwardStep, forward_step
+from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
+from megatron_tulu.losses.sft import sft_loss
+from megatron_tulu.stages.data_files import task_files, tokenizer_ref
+from megatron_tulu.stages.loop import StageContext
+from megatron_tulu.stages.supervised import SupervisedStage, TaskDefaults
 
 
 @dataclass(kw_only=True)
-class SFTSource:
+class SFTTask(TaskDefaults):
     rows: Any  # PackedSFTDataset, or SFTDataset (one conversation per row)
     sampler: ShardedSampler
     dims: ParallelDims
     seq_length: int
-    forward_step: Any
+    forward_step: ForwardStep
     report_key: str = "lm loss"
+    count_name: str = "tokens"
     tokenizer_ref: dict[str, Any] = field(default_factory=dict)
 
     def _batch(self, indices: list[int]) -> SFTBatch:
@@ -45,33 +49,15 @@ class SFTSource:
 
     def microbatches(self, consumed: int) -> list[MicroBatch]:
         batch = self._batch(self.sampler.rank_batch(consumed))
-        mask = packed_attention_mask(batch.document_ids)
-        mbs = self.dims.micro_batch_size
-        out = []
-        for i in range(self.dims.num_microbatches):
-            sl = slice(i * mbs, (i + 1) * mbs)
-            out.append({
-                "tokens": batch.tokens[sl], "labels": batch.labels[sl],
-                "loss_mask": batch.loss_mask[sl], "position_ids": batch.position_ids[sl],
-                "attention_mask": mask[sl],
-            })  # fmt: skip
-        return out
+        columns = {
+            "tokens": batch.tokens, "labels": batch.labels, "loss_mask": batch.loss_mask,
+            "position_ids": batch.position_ids,
+            "attention_mask": packed_attention_mask(batch.document_ids),
+        }  # fmt: skip
+        return slice_rows(columns, self.dims.micro_batch_size, self.dims.num_microbatches)
 
 
-def task_files(recipe: RecipeConfig, task_file: str = "sft_train.jsonl") -> tuple[str, str]:
-    """(train file, tokenizer path): the recipe's, or the embedded task's ``task_file`` (the
-    task is built once, by rank 0)."""
-    data = recipe.data
-    if data.train_file is not None:
-        return data.train_file, str(data.tokenizer)
-    task_dir = Path(data.task_dir or Path(recipe.training.output_dir) / "task")
-    if dist.get_rank() == 0 and not (task_dir / "task.json").exists():
-        build_task(task_dir, TaskConfig(seed=data.task_seed, chat_template=data.chat_template))
-    dist.barrier()
-    return str(task_dir / task_file), str(task_dir / "tokenizer")
-
-
-def sft_source(recipe: RecipeConfig, dims: ParallelDims) -> SFTSource:
+def sft_task(recipe: RecipeConfig, dims: ParallelDims) -> SFTTask:
     data, seq = recipe.data, recipe.training.seq_length
     train_file, tok_path = task_files(recipe)
     tokenizer = load_tokenizer(tok_path)
@@ -96,8 +82,12 @@ def sft_source(recipe: RecipeConfig, dims: ParallelDims) -> SFTSource:
         num_samples=len(rows), global_batch_size=dims.global_batch_size,
         dp_rank=ps.get_data_parallel_rank(), dp_size=dims.dp, seed=recipe.training.seed,
     )  # fmt: skip
-    return SFTSource(
-        rows=rows, sampler=sampler, dims=dims, seq_length=seq,
-        forward_step=sft_forward_step(recipe.model.vocab_size, data.loss_reduction),
-        tokenizer_ref={"path": str(Path(tok_path).resolve()), "chat_template": data.chat_template},
+    loss = partial(sft_loss, vocab_size=recipe.model.vocab_size, reduction=data.loss_reduction)
+    return SFTTask(
+        rows=rows, sampler=sampler, dims=dims, seq_length=seq, forward_step=forward_step(loss),
+        tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
     )  # fmt: skip
+
+
+def sft_stage(ctx: StageContext) -> SupervisedStage:
+    return SupervisedStage(ctx, sft_task)

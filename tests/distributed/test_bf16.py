@@ -24,7 +24,8 @@ def _worker(tp: int, precision: str):
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 

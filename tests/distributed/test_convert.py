@@ -101,7 +101,8 @@ def _train_and_save(root: str, tp: int, pp: int):
 
     from megatron_tulu.checkpoint.native import save_checkpoint
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 
     dims = ParallelConfig(tp=tp, pp=pp, global_batch_size=4).resolve(
@@ -130,7 +131,8 @@ def _logits(root: str, tp: int, pp: int, vpp: int | None = None):
 
     from megatron_tulu.checkpoint.native import load_checkpoint
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import forward_logits, split_global_batch
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import forward_logits
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 
     dims = ParallelConfig(tp=tp, pp=pp, vpp=vpp, global_batch_size=4).resolve(
@@ -143,7 +145,7 @@ def _logits(root: str, tp: int, pp: int, vpp: int | None = None):
         batches = split_global_batch(
             fixed_tokens(MODEL, rows=4, seq_plus_one=33, seed=2), None, dims=dims, dp_rank=0
         )
-        out = forward_logits(engine.chunks, dims, batches, MODEL.vocab_size)
+        out = forward_logits(engine, batches, MODEL.vocab_size)
         return None if out is None else torch.cat(out)
     finally:
         destroy_parallel()

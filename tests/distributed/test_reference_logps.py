@@ -4,6 +4,7 @@ on-disk cache, and cached vs online reference values in a DPO step."""
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -43,7 +44,9 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.engine.forward import forward_step
     from megatron_tulu.engine.schedule import train_step
+    from megatron_tulu.losses.dpo import dpo_pair_loss
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
     from megatron_tulu.stages.dpo_reference import (
@@ -52,7 +55,6 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
         compute_reference_logps,
         pair_logps,
     )
-    from megatron_tulu.stages.dpo_step import dpo_forward_step
 
     hf_dir = os.environ["MT_TEST_HF_DIR"]
     dims = ParallelConfig(tp=tp, pp=pp, micro_batch_size=2, global_batch_size=2 * PAIRS).resolve(
@@ -75,8 +77,7 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
         mine = list(range(d * PAIRS // dp, (d + 1) * PAIRS // dp))  # this DP rank's pairs
         micro = [_micro([i]) for i in mine]  # one pair (2 rows) per micro-batch
         table = compute_reference_logps(
-            engine.chunks,
-            dims,
+            engine,
             [(torch.tensor(mine), micro)],
             num_pairs=PAIRS,
             vocab_size=MODEL.vocab_size,
@@ -90,10 +91,12 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
                 cached = cache.load()
             out["cached"] = cached
         if online_step:  # DPO step with reference values computed right now (online) ...
-            online = pair_logps(engine.chunks, dims, micro, MODEL.vocab_size)
+            online = pair_logps(engine, micro, MODEL.vocab_size)
             for mb, row in zip(micro, online, strict=True):
                 mb["ref_chosen"], mb["ref_rejected"] = row[0:1].float(), row[1:2].float()
-            step = dpo_forward_step(MODEL.vocab_size, beta=5.0, loss_type="dpo_norm")
+            step = forward_step(
+                partial(dpo_pair_loss, vocab_size=MODEL.vocab_size, beta=5.0, loss_type="dpo_norm")
+            )
             out["online_loss"] = train_step(engine, micro, forward_step=step, report_key="dpo").loss
         return out
     finally:

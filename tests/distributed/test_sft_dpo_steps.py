@@ -75,18 +75,18 @@ def _packed_batch() -> list[dict[str, torch.Tensor]]:
 
 
 def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"):
+    from functools import partial
+
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.forward import sft_forward_step
+    from megatron_tulu.engine.forward import forward_step
     from megatron_tulu.engine.schedule import train_step
+    from megatron_tulu.losses.dpo import dpo_pair_loss, dpo_side_loss
+    from megatron_tulu.losses.sft import sft_loss
     from megatron_tulu.models.hf_io import gather_hf_state_dict, load_hf_weights
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.stages.dpo_step import (
-        attach_pair_coefficients,
-        dpo_forward_step,
-        dpo_separate_forward_step,
-    )
+    from megatron_tulu.stages.dpo import attach_pair_coefficients
 
     world = int(os.environ["WORLD_SIZE"])
     rows = sum(b["tokens"].shape[0] for b in batches)
@@ -107,16 +107,17 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
             ),
         )
         if forward == "dpo":
-            step = dpo_forward_step(MODEL.vocab_size, beta=5.0, loss_type="dpo_norm")
+            loss = partial(dpo_pair_loss, vocab_size=MODEL.vocab_size, beta=5.0)
+            step = forward_step(partial(loss, loss_type="dpo_norm"))
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         elif forward == "dpo_separate":
             attach_pair_coefficients(
-                batches, engine.chunks, dims, MODEL.vocab_size, beta=5.0, loss_type="dpo_norm"
+                batches, engine, MODEL.vocab_size, beta=5.0, loss_type="dpo_norm"
             )
-            step = dpo_separate_forward_step(MODEL.vocab_size)
+            step = forward_step(partial(dpo_side_loss, vocab_size=MODEL.vocab_size))
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         else:
-            step = sft_forward_step(MODEL.vocab_size, reduction)
+            step = forward_step(partial(sft_loss, vocab_size=MODEL.vocab_size, reduction=reduction))
             result = train_step(engine, batches, forward_step=step)
         return result, gather_hf_state_dict(engine.raw_chunks(), model=MODEL)
     finally:

@@ -43,7 +43,8 @@ def canary_worker(ckpt_dir: str, pp: int = 1) -> dict[str, float]:
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.synthetic import fixed_tokens
     from megatron_tulu.parallel import destroy_parallel, init_parallel
     from megatron_tulu.platform import cpu_platform_layer_active

@@ -5,6 +5,7 @@ pass and a save / load round trip."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ def value_layout_worker(
 
     from megatron_tulu.checkpoint.native import load_checkpoint, save_checkpoint
     from megatron_tulu.config import recipe_from_dict
+    from megatron_tulu.engine.forward import forward_step, measure_step
     from megatron_tulu.engine.schedule import train_step
+    from megatron_tulu.losses.ppo import value_loss
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
     from megatron_tulu.stages.rlvr.batch import (
@@ -42,7 +45,7 @@ def value_layout_worker(
         rank_rows,
     )
     from megatron_tulu.stages.rlvr.models import build_value
-    from megatron_tulu.stages.rlvr.steps import value_forward_step, value_train_step
+    from megatron_tulu.stages.rlvr.update import response_values
 
     world = int(os.environ["WORLD_SIZE"])
     overrides = [
@@ -75,17 +78,17 @@ def value_layout_worker(
         ]
         logps = [[0.0] * len(r) for r in responses]
         batch = build_rollout_batch(prompts, responses, logps, pad_id=0, multiple=8)
-        fwd = value_forward_step()
-        before = forward_per_token(value.chunks, value.dims, batch, fwd, "values", pg=value.pg)
+        fwd = measure_step("values", response_values)
+        before = forward_per_token(value, batch, fwd, "values")
         returns = torch.randn(batch.mask.shape, generator=gen) * batch.mask
         extra = {"old_values": before, "returns": returns}
-        rows_here = rank_rows(value.dims, list(range(rows)), value.pg)
+        rows_here = rank_rows(value, list(range(rows)))
         micro = micro_batches(batch, rows_here, value.dims.micro_batch_size, extra)
-        step = value_train_step(clip=100.0, coef=1.0)
+        step = forward_step(partial(value_loss, clip=100.0, coef=1.0))
         # SGD (no Adam normalisation): the second step's update scales with the gradients, which
         # the first step (zero head) gives the body.
         result = [train_step(value, micro, forward_step=step, report_key="value") for _ in range(2)]
-        after = forward_per_token(value.chunks, value.dims, batch, fwd, "values", pg=value.pg)
+        after = forward_per_token(value, batch, fwd, "values")
         save_checkpoint(value, Path(ckpt_dir), step=2, consumed_samples=0)
         fresh = build_value(recipe, dims, BuildOptions())
         out = {
@@ -94,16 +97,12 @@ def value_layout_worker(
         }  # fmt: skip
         if optimizer == "sgd":  # (megatron's SGD keeps no state to save)
             load_checkpoint(fresh, Path(ckpt_dir), weights_only=True)
-            out["loaded"] = forward_per_token(
-                fresh.chunks, fresh.dims, batch, fwd, "values", pg=fresh.pg
-            )
+            out["loaded"] = forward_per_token(fresh, batch, fwd, "values")
         else:
             load_checkpoint(fresh, Path(ckpt_dir))
             for name, engine in (("continued", value), ("resumed", fresh)):
                 train_step(engine, micro, forward_step=step, report_key="value")
-                out[name] = forward_per_token(
-                    engine.chunks, engine.dims, batch, fwd, "values", pg=engine.pg
-                )
+                out[name] = forward_per_token(engine, batch, fwd, "values")
         dist.barrier()
         return out
     finally:

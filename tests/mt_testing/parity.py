@@ -48,7 +48,8 @@ def layout_worker(
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import forward_logits, split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import forward_logits, train_step
     from megatron_tulu.models.hf_io import gather_hf_state_dict, load_hf_weights
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
@@ -79,12 +80,14 @@ def layout_worker(
             ),
         )
         batches = split_global_batch(tokens, None, dims=dims, dp_rank=ps.get_data_parallel_rank())
-        logits = forward_logits(engine.chunks, dims, batches, model.vocab_size)
-        if logits is not None:
+        logits = forward_logits(engine, batches, model.vocab_size)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
             mine = torch.cat(logits, dim=0)
             parts = [torch.empty_like(mine) for _ in range(dims.dp)]
             dist.all_gather(parts, mine, group=ps.get_data_parallel_group())
             logits = torch.cat(parts, dim=0)
+        else:
+            logits = None  # reported by the last stage only
         result = train_step(engine, batches)
         weights = gather_hf_state_dict(engine.raw_chunks(), model=model)
         return LayoutRun(

@@ -52,7 +52,8 @@ def train_worker(
     from megatron_tulu.data.corpus import ByteTokenizer
     from megatron_tulu.data.lm_dataset import PackedTextDataset
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.schedule import split_global_batch, train_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.models.hf_io import gather_hf_state_dict
     from megatron_tulu.parallel import destroy_parallel, init_parallel
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from megatron_tulu.losses.ppo import kl_penalty
 from megatron_tulu.stages.rlvr.advantages import (
     explained_variance,
     gae,
     grpo_advantages,
-    kl_penalty,
     last_token_index,
     masked_whiten,
     sequence_scores,

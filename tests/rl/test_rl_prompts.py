@@ -11,7 +11,7 @@ from megatron_tulu.data.chat_templates import get_chat_template
 from megatron_tulu.data.rows import BadRowError
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.stages.rlvr.prompts import TOO_LONG, read_rl_prompts
-from megatron_tulu.stages.rlvr.trainer import step_prompts
+from megatron_tulu.stages.rlvr.stage import step_prompts
 
 
 @pytest.fixture(scope="module")

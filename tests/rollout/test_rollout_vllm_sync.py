@@ -61,14 +61,15 @@ def _with_bad_tensor(hf_dir: str):
 def _megatron_logprobs(chunks, dims, rows: list[list[int]], temperatures: list[float]):
     """log-probs of each row's last NEW_TOKENS tokens under logits / temperature (last stage)."""
     import torch
+    from megatron.core import parallel_state as ps
 
-    from megatron_tulu.engine.schedule import forward_logits, split_global_batch
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import as_runnable, forward_logits
 
     tokens = torch.tensor(rows)
-    logits = forward_logits(
-        chunks, dims, split_global_batch(tokens, None, dims=dims, dp_rank=0), MODEL.vocab_size
-    )
-    if logits is None:
+    micro = split_global_batch(tokens, None, dims=dims, dp_rank=0)
+    logits = forward_logits(as_runnable(chunks, dims), micro, MODEL.vocab_size)
+    if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
     logits = torch.cat(logits, dim=0)  # [rows, len - 1, vocab] (position t predicts t + 1)
     out = []

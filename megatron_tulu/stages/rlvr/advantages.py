@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from megatron_tulu.ops import kl
-
 
 def sequence_scores(
     correct: torch.Tensor, has_eos: torch.Tensor, *, correct_reward: float, no_eos_penalty: float
@@ -25,14 +23,6 @@ def sequence_scores(
     """[N] float scores from [N] bool verifier verdicts and [N] bool "ended with EOS"."""
     score = correct.float() * correct_reward
     return torch.where(has_eos.bool(), score, torch.full_like(score, no_eos_penalty))
-
-
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token KL(policy || reference) estimates from the sampled tokens' log-probs (k1 =
-    logp - ref; k3 = exp(ref - logp) - (ref - logp) - 1), through :func:`megatron_tulu.ops.kl`."""
-    if estimator not in ("k1", "k3"):
-        raise ValueError(f"KL estimator ({estimator!r}) must be 'k1' or 'k3'")
-    return kl(logp, ref_logp, estimator)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
-from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_tulu.config import ParallelDims
-from megatron_tulu.engine.forward import MicroBatch
-from megatron_tulu.engine.schedule import forward_backward
+from megatron_tulu.engine.collect import collect
+from megatron_tulu.engine.forward import ForwardStep
+from megatron_tulu.engine.microbatch import MicroBatch, shift_rows, slice_rows
+from megatron_tulu.engine.schedule import Runnable, forward_backward
 
 
 @dataclass(kw_only=True)
@@ -77,22 +76,9 @@ def micro_batches(
 ) -> list[MicroBatch]:
     """Micro-batches over ``rows`` (in order) with the per-token ``extra`` tensors [N, L-1]."""
     idx = torch.as_tensor(list(rows), dtype=torch.long)
-    tokens = batch.seq[idx]
-    width = tokens.shape[1] - 1
-    out = []
-    for start in range(0, len(idx), micro_batch_size):
-        sl = slice(start, start + micro_batch_size)
-        b = tokens[sl].shape[0]
-        mb: MicroBatch = {
-            "tokens": tokens[sl, :-1].contiguous(),
-            "labels": tokens[sl, 1:].contiguous(),
-            "loss_mask": batch.mask[idx[sl]],
-            "position_ids": torch.arange(width).unsqueeze(0).expand(b, -1),
-        }
-        for key, value in (extra or {}).items():
-            mb[key] = value[idx[sl]]
-        out.append(mb)
-    return out
+    columns = shift_rows(batch.seq[idx], batch.mask[idx])
+    columns.update({key: value[idx] for key, value in (extra or {}).items()})
+    return slice_rows(columns, micro_batch_size)
 
 
 def layout_for_rows(dims: ParallelDims, rows: int) -> ParallelDims:
@@ -107,46 +93,22 @@ def layout_for_rows(dims: ParallelDims, rows: int) -> ParallelDims:
     return dataclasses.replace(dims, global_batch_size=rows, num_microbatches=rows // per)
 
 
-def rank_rows(
-    dims: ParallelDims, rows: Sequence[int], pg: ProcessGroupCollection | None = None
-) -> list[int]:
-    """This data-parallel rank's contiguous share of ``rows`` (of the global DP group, or of
-    ``pg``'s for a model on its own groups)."""
-    share = len(rows) // dims.dp
-    d = ps.get_data_parallel_rank() if pg is None else pg.dp.rank()
+def rank_rows(model: Runnable, rows: Sequence[int]) -> list[int]:
+    """This data-parallel rank's contiguous share of ``rows`` (on the model's DP group)."""
+    share = len(rows) // model.dims.dp
+    d = model.pg.dp.rank()
     return list(rows[d * share : (d + 1) * share])
 
 
 @torch.no_grad()
 def forward_per_token(
-    chunks: Sequence[torch.nn.Module],
-    dims: ParallelDims,
-    batch: RolloutBatch,
-    forward_step: Callable,
-    key: str,
-    pg: ProcessGroupCollection | None = None,
+    model: Runnable, batch: RolloutBatch, step: ForwardStep, key: str
 ) -> torch.Tensor:
     """[N, L-1] per-token values of report ``key`` for all rows, on every rank: each DP rank
-    runs its share forward-only, the last pipeline stage broadcasts to its stage group, then
-    the DP ranks all-gather. ``pg``: a model on its own groups (``dims`` its layout)."""
-    n = batch.num_rows
-    fdims = layout_for_rows(dims, n)
-    mine = rank_rows(fdims, range(n), pg)
+    runs its share forward-only, then the results leave the last stage and are gathered over
+    the model's DP group."""
+    fdims = layout_for_rows(model.dims, batch.num_rows)
+    mine = rank_rows(model, range(batch.num_rows))
     micro = micro_batches(batch, mine, fdims.micro_batch_size)
-    reports = forward_backward(
-        chunks, fdims, micro, forward_step=forward_step, forward_only=True, pg=pg
-    )
-    local = torch.zeros(len(mine), batch.seq.shape[1] - 1)
-    if pg is not None or ps.is_pipeline_last_stage(ignore_virtual=True):
-        local = torch.cat([r[key].float() for r in reports])
-    if dims.pp > 1:  # (a model on its own groups has no pipeline)
-        dist.broadcast(
-            local, src=ps.get_pipeline_model_parallel_last_rank(),
-            group=ps.get_pipeline_model_parallel_group(),
-        )  # fmt: skip
-    if dims.dp == 1:
-        return local
-    parts = [torch.empty_like(local) for _ in range(dims.dp)]
-    dp_group = ps.get_data_parallel_group() if pg is None else pg.dp
-    dist.all_gather(parts, local.contiguous(), group=dp_group)
-    return torch.cat(parts)
+    reports = forward_backward(model, micro, forward_step=step, forward_only=True, dims=fdims)
+    return collect(reports, key, model.pg, dp="gather")

@@ -12,33 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megatron_tulu.checkpoint.native import load_checkpoint
 from megatron_tulu.config import ModelConfig, ParallelDims, RecipeConfig, model_preset
-from megatron_tulu.engine.build import Engine, build_engine
+from megatron_tulu.engine.build import Engine, FrozenModel, build_engine, build_frozen, freeze
 from megatron_tulu.models.hf_io import load_hf_weights
-from megatron_tulu.models.llama import BuildOptions, build_model_chunks
+from megatron_tulu.models.llama import BuildOptions
+from megatron_tulu.parallel import global_groups
 from megatron_tulu.parallel.model_groups import build_model_groups
 from megatron_tulu.stages.rlvr.value_model import install_value_heads, load_value_body
-
-
-@dataclass(kw_only=True)
-class FrozenModel:
-    """Model chunks without DDP or optimizer (the reference policy): forward only."""
-
-    model: ModelConfig
-    dims: ParallelDims
-    chunks: list[torch.nn.Module]
-    options: BuildOptions
-
-    def raw_chunks(self) -> list[torch.nn.Module]:
-        return self.chunks
 
 
 def optimizer_steps(recipe: RecipeConfig) -> int:
@@ -81,19 +67,14 @@ def build_reference(recipe: RecipeConfig, dims: ParallelDims, options: BuildOpti
     model = recipe.model
     if rl.reference == "helper":
         model = value_model_config(recipe)
-    chunks = build_model_chunks(model, dims, options)
-    ref = FrozenModel(model=model, dims=dims, chunks=chunks, options=options)
+    ref = build_frozen(model=model, dims=dims, options=options)
     if rl.reference == "helper":
         load_checkpoint(ref, rl.reference_init, weights_only=True)
     elif t.init_from_native:
         load_checkpoint(ref, t.init_from_native, weights_only=True)
     elif t.init_from_hf:
-        _hf_loader(t.init_from_hf, model, dims)(chunks)
-    for chunk in chunks:
-        chunk.eval()
-        for p in chunk.parameters():
-            p.requires_grad_(False)
-    return ref
+        _hf_loader(t.init_from_hf, model, dims)(ref.chunks)
+    return freeze(ref)
 
 
 def value_model_config(recipe: RecipeConfig) -> ModelConfig:
@@ -118,7 +99,7 @@ def build_value(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions)
             v.tp, micro_batch_size=dims.micro_batch_size, global_batch_size=dims.global_batch_size
         )
         pg, dims = groups.pg, groups.dims
-    tp_rank = ps.get_tensor_model_parallel_rank() if pg is None else pg.tp.rank()
+    tp_rank = (pg if pg is not None else global_groups()).tp.rank()
     hf_dir = v.init_from_hf
     tmp = None
     if v.init_from_native:

@@ -140,13 +140,17 @@ def measure_worker(
 ) -> dict[str, Any]:
     """Runs on every rank (spawned with megatron_tulu.parallel.spawn.run_ranks): builds the
     layout, takes a warm-up step, measures, and returns measured + predicted bytes."""
+    from functools import partial
+
     import torch
     from megatron.core import parallel_state as ps
 
     from megatron_tulu.config import OptimizerConfig, ParallelConfig
     from megatron_tulu.engine.build import build_engine
-    from megatron_tulu.engine.forward import sft_forward_step
-    from megatron_tulu.engine.schedule import forward_backward, split_global_batch, train_step
+    from megatron_tulu.engine.forward import forward_step
+    from megatron_tulu.engine.microbatch import split_global_batch
+    from megatron_tulu.engine.schedule import forward_backward, train_step
+    from megatron_tulu.losses.sft import sft_loss
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.models.synthetic import fixed_tokens
     from megatron_tulu.parallel import destroy_parallel, init_parallel
@@ -187,9 +191,8 @@ def measure_worker(
             finalize, config.finalize_model_grads_func = config.finalize_model_grads_func, None
             mode = _peak_mode()
             with mode:
-                forward_backward(
-                    engine.chunks, dims, batches, forward_step=sft_forward_step(model.vocab_size)
-                )
+                step = forward_step(partial(sft_loss, vocab_size=model.vocab_size))
+                forward_backward(engine, batches, forward_step=step)
             config.finalize_model_grads_func = finalize
             activation_peak = mode.peak - mode.baseline
         pp_rank = ps.get_pipeline_model_parallel_rank()

@@ -71,7 +71,7 @@ def rank_logits(hf_dir: str, tokens: torch.Tensor, tp: int, pp: int, vpp: int | 
     """Runs on every rank; returns the [rows, seq, vocab] logits on last-stage rank 0 of TP."""
     from megatron.core import parallel_state as ps
 
-    from megatron_tulu.engine.schedule import forward_logits
+    from megatron_tulu.engine.schedule import as_runnable, forward_logits
     from megatron_tulu.models.hf_io import load_hf_weights
     from megatron_tulu.models.llama import build_model_chunks
     from megatron_tulu.parallel import destroy_parallel, init_parallel
@@ -99,8 +99,9 @@ def rank_logits(hf_dir: str, tokens: torch.Tensor, tp: int, pp: int, vpp: int | 
             }
             for i in range(tokens.shape[0])
         ]
-        logits = forward_logits(chunks, dims, batches, model.vocab_size)
-        if logits is None or ps.get_tensor_model_parallel_rank() != 0:
+        logits = forward_logits(as_runnable(chunks, dims), batches, model.vocab_size)
+        last = ps.is_pipeline_last_stage(ignore_virtual=True)
+        if not last or ps.get_tensor_model_parallel_rank() != 0:
             return None
         return torch.cat(logits, dim=0)
     finally:

@@ -1,0 +1,101 @@
+"""RLVR losses: the clipped PPO / GRPO policy loss, the clipped value loss, and the KL
+estimators they use.
+
+Tensors are in the *label frame* (see :mod:`megatron_tulu.stages.rlvr.advantages`): position
+``t`` holds the quantity for token ``tokens[t + 1]``; ``loss_mask`` is 1 on response tokens.
+Losses follow the per-token convention of the other stages: each returns (token sum, token
+count, report), so a mini-batch's loss is the mean over its response tokens whatever the layout.
+
+Policy (PPO; GRPO adds ``kl_beta * k3`` to every token)::
+
+    ratio = exp(logp - old_logp)              (log-ratio clamped to [-20, 20])
+    loss_t = max(-A_t * ratio, -A_t * clip(ratio, 1 - eps, 1 + eps))
+
+Value::
+
+    V_clip = old + clip(V - old, -eps_v, eps_v)
+    loss_t = coef * 0.5 * max((V - R)^2, (V_clip - R)^2)
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_tulu.losses.logprobs import Batch, label_logprobs
+from megatron_tulu.ops import entropy, kl
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimates from the sampled tokens' log-probs (k1 =
+    logp - ref; k3 = exp(ref - logp) - (ref - logp) - 1), through :func:`megatron_tulu.ops.kl`."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"KL estimator ({estimator!r}) must be 'k1' or 'k3'")
+    return kl(logp, ref_logp, estimator)
+
+
+def clipped_policy_terms(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token [b, s]: (loss, ratio, log-ratio, clipped?) of the clipped surrogate."""
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), ratio, log_ratio, unclipped < clipped
+
+
+def policy_loss(
+    batch: Batch, output: torch.Tensor, *, vocab_size: int, clip: float,
+    temperature: float = 1.0, kl_beta: float = 0.0, kl_estimator: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """Clipped surrogate loss over the micro-batch's response tokens (needs ``old_logp`` and
+    ``advantages``; with ``kl_estimator`` also ``ref_logp``). The report "policy" is [loss sum,
+    tokens, clipped tokens, entropy sum, approx KL(old||new) sum, KL-to-reference sum]."""
+    mask = batch["loss_mask"]
+    logp = label_logprobs(output, batch, vocab_size, temperature)
+    per_token, ratio, log_ratio, was_clipped = clipped_policy_terms(
+        logp, batch["old_logp"], batch["advantages"], clip
+    )
+    kl_sum = output.new_zeros((), dtype=torch.float32)
+    if kl_estimator is not None:  # GRPO: the KL to the reference is a loss term
+        kl_tok = kl_penalty(logp, batch["ref_logp"], kl_estimator)
+        per_token = per_token + kl_beta * kl_tok
+        kl_sum = (kl_tok.detach() * mask).sum()
+    loss = (per_token * mask).sum()
+    n = mask.sum()
+    with torch.no_grad():
+        ent = entropy(
+            output.detach(), temperature=temperature, vocab_size=vocab_size,
+            tp_group=ps.get_tensor_model_parallel_group(),
+        )  # fmt: skip
+        clipped_tokens = (was_clipped.float() * mask).sum()
+        approx_kl = ((ratio - 1.0 - log_ratio) * mask).sum()  # KL(old || new), k3
+        report = torch.stack([
+            loss.detach(), n, clipped_tokens, (ent * mask).sum(), approx_kl, kl_sum,
+        ]).float()  # fmt: skip
+    return loss, n.to(torch.int), {"policy": report}
+
+
+def clipped_value_terms(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """Per token [b, s]: ``0.5 * max((V - R)^2, (V_clip - R)^2)``."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def value_loss(
+    batch: Batch, output: torch.Tensor, *, clip: float, coef: float
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``coef * sum_t loss_t`` from a value model's output [b, s, 1] (needs
+    ``old_values`` and ``returns``); the report "value" is [unscaled loss sum, tokens]."""
+    mask = batch["loss_mask"]
+    values = output[..., 0].float()
+    per_token = clipped_value_terms(values, batch["old_values"], batch["returns"], clip)
+    loss = coef * (per_token * mask).sum()
+    n = mask.sum()
+    report = torch.stack([loss.detach() / max(coef, 1e-12), n]).float()
+    return loss, n.to(torch.int), {"value": report}
