@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             per_bench[it.benchmark] = per_bench.get(it.benchmark, 0) + 1
         longest = max(len(p) for p in prompts)
         config = RolloutConfig(
-            model_dir=str(hf), tensor_parallel_size=args.vllm_tp, dtype=args.dtype,
+            model_dir=str(hf), vllm_tp=args.vllm_tp, dtype=args.dtype,
             max_model_len=longest + args.max_tokens,
         )  # fmt: skip
         stops = stop_token_ids(tokenizer, template)

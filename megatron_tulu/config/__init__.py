@@ -5,7 +5,7 @@ from megatron_tulu.config.data import DataConfig
 from megatron_tulu.config.dpo import DPOConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import LR_DECAY_STYLES, OPTIMIZERS, OptimizerConfig
-from megatron_tulu.config.parallel import ParallelConfig, ParallelDims, RankCoords
+from megatron_tulu.config.parallel import ParallelConfig, ParallelDims, RankCoords, RankGrid
 from megatron_tulu.config.recipe import (
     DEFAULT_MODEL_PRESET,
     SECTIONS,
@@ -16,7 +16,8 @@ from megatron_tulu.config.recipe import (
     recipe_to_dict,
     save_resolved,
 )
-from megatron_tulu.config.rlvr import RLVRConfig, RolloutSection, ValueModelConfig
+from megatron_tulu.config.rlvr import RLVRConfig, ValueModelConfig
+from megatron_tulu.config.rollout import RolloutConfig, engine_config
 from megatron_tulu.config.training import PRECISIONS, RECOMPUTE_MODES, TrainingConfig
 
 __all__ = [
@@ -36,10 +37,12 @@ __all__ = [
     "ParallelDims",
     "RLVRConfig",
     "RankCoords",
+    "RankGrid",
     "RecipeConfig",
-    "RolloutSection",
+    "RolloutConfig",
     "TrainingConfig",
     "ValueModelConfig",
+    "engine_config",
     "load_recipe",
     "model_preset",
     "parse_override",

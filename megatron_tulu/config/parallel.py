@@ -1,9 +1,15 @@
-"""Parallelism config (TP/PP/DP, interleaved PP, sequence parallel, batch sizes) and rank math.
+"""Parallelism config (TP/CP/PP/DP, interleaved PP, sequence parallel, batch sizes) and rank math.
 
-Rank layout follows Megatron's default order "tp-cp-ep-dp-pp" with cp = ep = 1: the tensor-parallel
-rank varies fastest, then the data-parallel rank, then the pipeline rank:
+The one home of the layout rules: the trainer, the planner (``tools/planner``) and the launch dry
+run (``tools/launch_plan.py``) all validate through :class:`ParallelConfig`.
 
-    rank = tp_rank + tp * (dp_rank + dp * pp_rank)
+Rank layout follows Megatron's default order "tp-cp-ep-dp-pp" with ep = 1: the tensor-parallel
+rank varies fastest, then the context-parallel rank, then data-parallel, then pipeline:
+
+    rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
+
+Context parallelism (``cp``) is validated here and planned by the planner, but the trainer does
+not implement it yet: :meth:`megatron_tulu.config.RecipeConfig.resolve_parallel` refuses cp > 1.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 
 from megatron_tulu.config._validate import (
     check_bool,
+    check_choice,
     check_int,
     check_optional_int,
     divisors,
@@ -19,14 +26,88 @@ from megatron_tulu.config._validate import (
 )
 from megatron_tulu.config.model import ModelConfig
 
+AXES = ("tp", "cp", "dp", "pp")  # fastest-varying first: megatron's "tp-cp-ep-dp-pp", ep = 1
+
+
+def valid_tp(model: ModelConfig) -> list[int]:
+    """The tensor-parallel sizes ``model`` splits under (heads, KV groups and FFN all divide)."""
+    return [
+        t
+        for t in divisors(model.num_attention_heads)
+        if model.num_query_groups % t == 0 and model.ffn_hidden_size % t == 0
+    ]
+
+
+def _product(sizes: dict[str, int], *, values: bool = True) -> str:
+    """``"tp (2) * pp (4)"`` (or ``"tp * pp"``) for the model-parallel axes; cp only when > 1,
+    so layouts without context parallelism read as before it existed."""
+    names = [a for a in sizes if a != "cp" or sizes[a] > 1]
+    return " * ".join(f"{a} ({sizes[a]})" if values else a for a in names)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RankCoords:
-    """Position of one global rank in the (tp, dp, pp) grid."""
+    """Position of one global rank in the (tp, cp, dp, pp) grid."""
 
     tp_rank: int
     dp_rank: int
     pp_rank: int
+    cp_rank: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankGrid:
+    """The trainer's ranks as a tp x cp x dp x pp grid in megatron's order (pure arithmetic)."""
+
+    tp: int
+    cp: int = 1
+    dp: int
+    pp: int
+
+    def __post_init__(self) -> None:
+        for axis in AXES:
+            check_int(axis, getattr(self, axis), minimum=1)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.cp * self.dp * self.pp
+
+    def coords(self, rank: int) -> RankCoords:
+        """(tp, cp, dp, pp) coordinate of global ``rank``."""
+        check_int("rank", rank, minimum=0)
+        if rank >= self.world_size:
+            raise ValueError(
+                f"rank ({rank}) is out of range for world size ({self.world_size}): "
+                f"use a rank in [0, {self.world_size - 1}]"
+            )
+        rest, tp_rank = divmod(rank, self.tp)
+        rest, cp_rank = divmod(rest, self.cp)
+        pp_rank, dp_rank = divmod(rest, self.dp)
+        return RankCoords(tp_rank=tp_rank, cp_rank=cp_rank, dp_rank=dp_rank, pp_rank=pp_rank)
+
+    def rank_of(self, *, tp_rank: int, dp_rank: int, pp_rank: int, cp_rank: int = 0) -> int:
+        """Global rank at grid position (tp_rank, cp_rank, dp_rank, pp_rank)."""
+        given = {"tp": tp_rank, "cp": cp_rank, "dp": dp_rank, "pp": pp_rank}
+        for axis in AXES:
+            name, value, size = f"{axis}_rank", given[axis], getattr(self, axis)
+            check_int(name, value, minimum=0)
+            if value >= size:
+                raise ValueError(
+                    f"{name} ({value}) is out of range for {axis} ({size}): "
+                    f"use a {name} in [0, {size - 1}]"
+                )
+        return tp_rank + self.tp * (cp_rank + self.cp * (dp_rank + self.dp * pp_rank))
+
+    def groups(self, axis: str) -> list[list[int]]:
+        """Every rank group along ``axis`` (e.g. the TP groups), sorted, as megatron's
+        ``RankGenerator.get_ranks(axis)`` lists them."""
+        check_choice("axis", axis, AXES)
+        by_rest: dict[tuple[int, ...], list[int]] = {}
+        for rank in range(self.world_size):
+            c = self.coords(rank)
+            key = tuple(getattr(c, f"{a}_rank") for a in AXES if a != axis)
+            by_rest.setdefault(key, []).append(rank)
+        return sorted(by_rest.values())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +118,7 @@ class ParallelDims:
     tp: int
     pp: int
     vpp: int | None
+    cp: int = 1
     dp: int
     sequence_parallel: bool
     micro_batch_size: int
@@ -48,6 +130,7 @@ class ParallelDims:
             "world_size",
             "tp",
             "pp",
+            "cp",
             "dp",
             "micro_batch_size",
             "global_batch_size",
@@ -56,11 +139,11 @@ class ParallelDims:
             check_int(f, getattr(self, f), minimum=1)
         check_optional_int("vpp", self.vpp, minimum=1)
         check_bool("sequence_parallel", self.sequence_parallel)
-        if self.world_size != self.tp * self.pp * self.dp:
+        if self.world_size != self.grid.world_size:
+            sizes = {"tp": self.tp, "cp": self.cp, "pp": self.pp, "dp": self.dp}
             raise ValueError(
-                f"world_size ({self.world_size}) != tp ({self.tp}) * pp ({self.pp}) * "
-                f"dp ({self.dp}) = {self.tp * self.pp * self.dp}: build ParallelDims with "
-                f"ParallelConfig.resolve(world_size) instead of by hand"
+                f"world_size ({self.world_size}) != {_product(sizes)} = {self.grid.world_size}: "
+                f"build ParallelDims with ParallelConfig.resolve(world_size) instead of by hand"
             )
         per_step = self.micro_batch_size * self.dp * self.num_microbatches
         if self.global_batch_size != per_step:
@@ -71,35 +154,17 @@ class ParallelDims:
                 f"ParallelConfig.resolve(world_size) instead of by hand"
             )
 
-    def coords(self, rank: int) -> RankCoords:
-        """(tp_rank, dp_rank, pp_rank) of global ``rank``."""
-        check_int("rank", rank, minimum=0)
-        if rank >= self.world_size:
-            raise ValueError(
-                f"rank ({rank}) is out of range for world size ({self.world_size}): "
-                f"use a rank in [0, {self.world_size - 1}]"
-            )
-        return RankCoords(
-            tp_rank=rank % self.tp,
-            dp_rank=(rank // self.tp) % self.dp,
-            pp_rank=rank // (self.tp * self.dp),
-        )
+    @property
+    def grid(self) -> RankGrid:
+        return RankGrid(tp=self.tp, cp=self.cp, dp=self.dp, pp=self.pp)
 
-    def rank_of(self, *, tp_rank: int, dp_rank: int, pp_rank: int) -> int:
-        """Global rank at grid position (tp_rank, dp_rank, pp_rank)."""
-        for name, value, size in (
-            ("tp_rank", tp_rank, self.tp),
-            ("dp_rank", dp_rank, self.dp),
-            ("pp_rank", pp_rank, self.pp),
-        ):
-            check_int(name, value, minimum=0)
-            if value >= size:
-                dim = name.removesuffix("_rank")
-                raise ValueError(
-                    f"{name} ({value}) is out of range for {dim} ({size}): "
-                    f"use a {name} in [0, {size - 1}]"
-                )
-        return tp_rank + self.tp * (dp_rank + self.dp * pp_rank)
+    def coords(self, rank: int) -> RankCoords:
+        """(tp_rank, cp_rank, dp_rank, pp_rank) of global ``rank``."""
+        return self.grid.coords(rank)
+
+    def rank_of(self, *, tp_rank: int, dp_rank: int, pp_rank: int, cp_rank: int = 0) -> int:
+        """Global rank at grid position (tp_rank, cp_rank, dp_rank, pp_rank)."""
+        return self.grid.rank_of(tp_rank=tp_rank, cp_rank=cp_rank, dp_rank=dp_rank, pp_rank=pp_rank)
 
 
 @dataclass(kw_only=True)
@@ -109,6 +174,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     vpp: int | None = None  # virtual pipeline stages per pipeline rank; None = not interleaved
+    cp: int = 1  # context parallel: each sequence split over cp ranks (not in the trainer yet)
     sequence_parallel: bool = False
     micro_batch_size: int = 1
     global_batch_size: int | None = None  # None -> micro_batch_size * dp
@@ -116,6 +182,7 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         check_int("tp", self.tp, minimum=1)
         check_int("pp", self.pp, minimum=1)
+        check_int("cp", self.cp, minimum=1)
         check_int("micro_batch_size", self.micro_batch_size, minimum=1)
         check_optional_int("global_batch_size", self.global_batch_size, minimum=1)
         check_optional_int("vpp", self.vpp, minimum=1)
@@ -131,17 +198,16 @@ class ParallelConfig:
                 "or set sequence_parallel to false"
             )
 
-    def check_model(self, model: ModelConfig) -> None:
-        """Check that ``model`` can be split with this tp / pp / vpp (no world size needed)."""
+    @property
+    def _sizes(self) -> dict[str, int]:
+        return {"tp": self.tp, "cp": self.cp, "pp": self.pp}
+
+    def check_tp_split(self, model: ModelConfig) -> None:
+        """Check that ``model``'s heads, KV groups and FFN split over tp."""
         tp = self.tp
-        valid_tp = [
-            t
-            for t in divisors(model.num_attention_heads)
-            if model.num_query_groups % t == 0 and model.ffn_hidden_size % t == 0
-        ]
         fix = (
-            f"choose tp from {fmt_set(valid_tp)} (the values dividing num_attention_heads, "
-            f"num_query_groups and ffn_hidden_size of model {model.name!r})"
+            f"choose tp from {fmt_set(valid_tp(model))} (the values dividing "
+            f"num_attention_heads, num_query_groups and ffn_hidden_size of model {model.name!r})"
         )
         for field in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
             value = getattr(model, field)
@@ -150,28 +216,60 @@ class ParallelConfig:
                     f"{field} ({value}) is not divisible by tensor_model_parallel_size "
                     f"tp ({tp}): {fix}"
                 )
+
+    def check_pipeline_split(self, num_layers: int) -> None:
+        """Check that ``num_layers`` split evenly over pp * vpp pipeline stages."""
         stages = self.pp * (self.vpp or 1)
-        if model.num_layers % stages:
+        if num_layers % stages:
             raise ValueError(
-                f"num_layers ({model.num_layers}) is not divisible by pp ({self.pp}) * "
+                f"num_layers ({num_layers}) is not divisible by pp ({self.pp}) * "
                 f"vpp ({self.vpp or 1}) = {stages}: choose pp * vpp from "
-                f"{fmt_set(divisors(model.num_layers))}"
+                f"{fmt_set(divisors(num_layers))}"
             )
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Check that ``model`` can be split with this tp / pp / vpp (no world size needed)."""
+        self.check_tp_split(model)
+        self.check_pipeline_split(model.num_layers)
+
+    def check_seq_length(self, seq_length: int, *, name: str = "seq_length") -> None:
+        """Check that a ``seq_length``-token sequence splits over sequence / context parallelism
+        (``name`` is how the caller's error names the length)."""
+        check_int(name, seq_length, minimum=1)
+        if self.sequence_parallel and seq_length % self.tp:
+            raise ValueError(
+                f"sequence_parallel splits the sequence over tp ({self.tp}) ranks but "
+                f"{name} ({seq_length}) is not divisible by it: use a seq_length that is a "
+                f"multiple of {self.tp}"
+            )
+        if self.cp > 1 and seq_length % (2 * self.cp):
+            raise ValueError(
+                f"{name} ({seq_length}) is not divisible by 2 * cp ({2 * self.cp}): context "
+                f"parallelism splits each causal sequence into 2 * cp load-balanced chunks; use "
+                f"a multiple of {2 * self.cp}"
+            )
+
+    def grid(self, world_size: int) -> RankGrid:
+        """The rank grid on ``world_size`` ranks (dp derived); no batch-size rules."""
+        check_int("world_size", world_size, minimum=1)
+        per_replica = self.tp * self.cp * self.pp
+        if world_size % per_replica:
+            lower = (world_size // per_replica) * per_replica
+            sizes = [s for s in (lower, lower + per_replica) if s > 0]
+            mp = _product(self._sizes, values=False)
+            raise ValueError(
+                f"world size ({world_size}) is not {_product(self._sizes)} * dp: it must be a "
+                f"multiple of {mp} = {per_replica}; launch {' or '.join(map(str, sizes))} "
+                f"ranks, or pick {mp} from {fmt_set(divisors(world_size))}"
+            )
+        return RankGrid(tp=self.tp, cp=self.cp, dp=world_size // per_replica, pp=self.pp)
 
     def resolve(self, world_size: int, model: ModelConfig | None = None) -> ParallelDims:
         """Derive dp and the microbatch count for ``world_size`` ranks, validating everything."""
-        check_int("world_size", world_size, minimum=1)
-        tp, pp = self.tp, self.pp
-        if world_size % (tp * pp):
-            lower = (world_size // (tp * pp)) * (tp * pp)
-            sizes = [s for s in (lower, lower + tp * pp) if s > 0]
-            raise ValueError(
-                f"world size ({world_size}) is not tp ({tp}) * pp ({pp}) * dp: it must be a "
-                f"multiple of tp * pp = {tp * pp}; launch {' or '.join(map(str, sizes))} ranks, "
-                f"or pick tp * pp from {fmt_set(divisors(world_size))}"
-            )
-        dp = world_size // (tp * pp)
-        mbs = self.micro_batch_size
+        if model is not None:
+            self.check_model(model)
+        grid = self.grid(world_size)
+        pp, dp, mbs = self.pp, grid.dp, self.micro_batch_size
         per_micro = mbs * dp
         gbs = self.global_batch_size if self.global_batch_size is not None else per_micro
         if gbs % per_micro:
@@ -192,13 +290,12 @@ class ParallelConfig:
                 f"micro_batch_size * dp * pp = {step} (e.g. {-(-gbs // step) * step}), "
                 f"or leave vpp unset"
             )
-        if model is not None:
-            self.check_model(model)
         return ParallelDims(
             world_size=world_size,
-            tp=tp,
+            tp=self.tp,
             pp=pp,
             vpp=self.vpp,
+            cp=self.cp,
             dp=dp,
             sequence_parallel=self.sequence_parallel,
             micro_batch_size=mbs,

@@ -32,7 +32,8 @@ from megatron_tulu.config.dpo import DPOConfig
 from megatron_tulu.config.model import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.config.optim import OptimizerConfig
 from megatron_tulu.config.parallel import ParallelConfig, ParallelDims
-from megatron_tulu.config.rlvr import RLVRConfig, RolloutSection, ValueModelConfig
+from megatron_tulu.config.rlvr import RLVRConfig, ValueModelConfig
+from megatron_tulu.config.rollout import RolloutConfig
 from megatron_tulu.config.training import TrainingConfig
 
 DEFAULT_MODEL_PRESET = "tiny"
@@ -45,7 +46,20 @@ SECTIONS: dict[str, type] = {
     "dpo": DPOConfig,
     "rlvr": RLVRConfig,
     "value": ValueModelConfig,
-    "rollout": RolloutSection,
+    "rollout": RolloutConfig,
+}
+# Keys recipes once had, or that look like recipe keys but are not: a clear error naming the
+# key to use instead of "unknown field".
+NOT_RECIPE_KEYS: dict[str, str] = {
+    "rlvr.prompt_file": "rlvr.prompt_file was removed: the RL prompts file is data.train_file "
+    "(with data.tokenizer), as for SFT and DPO; write data.train_file=PATH instead",
+    "rollout.weight_sync": "rollout.weight_sync was removed (nothing read it: the policy's "
+    "weights always reach the engines by one broadcast, gloo on CPU and NCCL on GPU); delete it",
+    "rollout.model_dir": "rollout.model_dir is not a recipe key: the RLVR stage starts the "
+    "engine from the policy's initial weights (training.init_from_hf or init_from_native)",
+    "rollout.max_model_len": "rollout.max_model_len is not a recipe key: the engine's context "
+    "is rlvr.max_prompt_tokens + rlvr.max_response_tokens",
+    "rollout.seed": "rollout.seed is not a recipe key: the engine samples with training.seed",
 }
 
 
@@ -61,7 +75,7 @@ class RecipeConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rlvr: RLVRConfig = field(default_factory=RLVRConfig)
     value: ValueModelConfig = field(default_factory=ValueModelConfig)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
@@ -78,17 +92,19 @@ class RecipeConfig:
                 f"({m.max_position_embeddings}) of model {m.name!r}: lower training.seq_length "
                 f"or raise model.max_position_embeddings"
             )
-        if p.sequence_parallel and t.seq_length % p.tp:
-            raise ValueError(
-                f"sequence_parallel splits the sequence over tp ({p.tp}) ranks but "
-                f"training.seq_length ({t.seq_length}) is not divisible by it: use a "
-                f"seq_length that is a multiple of {p.tp}"
-            )
         p.check_model(m)
+        p.check_seq_length(t.seq_length, name="training.seq_length")
         self.optimizer.warmup_steps(t.train_steps)
 
     def resolve_parallel(self, world_size: int) -> ParallelDims:
-        """``self.parallel.resolve(world_size, self.model)``."""
+        """The trainer's layout: ``self.parallel.resolve(world_size, self.model)``, refusing
+        what the trainer cannot run yet (the planner plans it all the same)."""
+        if self.parallel.cp > 1:
+            raise ValueError(
+                f"parallel.cp ({self.parallel.cp}) > 1: context parallelism is not implemented "
+                f"in the trainer yet (ParallelConfig and the planner accept it, for planning); "
+                f"set parallel.cp to 1"
+            )
         return self.parallel.resolve(world_size, self.model)
 
 
@@ -106,7 +122,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
 
 
 def _valid_fields(section: str) -> list[str]:
-    names = list(field_types(SECTIONS[section]))
+    names = [n for n in field_types(SECTIONS[section]) if f"{section}.{n}" not in NOT_RECIPE_KEYS]
     return ["preset", *names] if section == "model" else names
 
 
@@ -115,6 +131,8 @@ def _check_key(section: str, name: str | None, where: str) -> None:
         raise ValueError(
             f"unknown section {section!r} in {where}: valid sections are {fmt_set(SECTIONS)}"
         )
+    if name is not None and f"{section}.{name}" in NOT_RECIPE_KEYS:
+        raise ValueError(f"{NOT_RECIPE_KEYS[f'{section}.{name}']} (in {where})")
     if name is not None and name not in _valid_fields(section):
         raise ValueError(
             f"unknown field {name!r} in section {section!r} of {where}: valid fields are "
@@ -208,8 +226,16 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recip
 
 
 def recipe_to_dict(cfg: RecipeConfig) -> dict[str, dict[str, Any]]:
-    """Plain nested dict (YAML-serialisable); the model is fully expanded, with no preset key."""
-    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+    """Plain nested dict (YAML-serialisable); the model is fully expanded, with no preset key
+    (nor fields that are not recipe keys: the rollout section's engine inputs)."""
+    return {
+        name: {
+            k: v
+            for k, v in dataclasses.asdict(getattr(cfg, name)).items()
+            if f"{name}.{k}" not in NOT_RECIPE_KEYS
+        }
+        for name in SECTIONS
+    }
 
 
 def save_resolved(cfg: RecipeConfig, path: str | Path) -> Path:

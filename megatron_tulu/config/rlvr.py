@@ -1,7 +1,9 @@
 """RLVR stage settings (Tülu 3 stage 3): the algorithm, rewards, the helper models and rollouts.
 
-Recipe sections ``rlvr`` (:class:`RLVRConfig`), ``value`` (:class:`ValueModelConfig`, the helper
-value model of PPO) and ``rollout`` (:class:`RolloutSection`, the vLLM engines). Defaults follow
+Recipe sections ``rlvr`` (:class:`RLVRConfig`) and ``value`` (:class:`ValueModelConfig`, the
+helper value model of PPO); the ``rollout`` section (the vLLM engines) is
+:class:`megatron_tulu.config.rollout.RolloutConfig`. The RL prompts file is ``data.train_file``
+(with ``data.tokenizer``), as for SFT and DPO; without it, the embedded task's. Defaults follow
 Tülu 3 (T3 §6, Table 35): reward 10 for a verified answer, -10 without EOS, gamma 1, lambda
 0.95, clip 0.2, value-loss coefficient 0.1, whitened advantages, temperature 1.
 
@@ -20,7 +22,6 @@ from megatron_tulu.config._validate import (
     check_float,
     check_int,
     check_optional_str,
-    check_str,
 )
 
 RL_ALGORITHMS = ("ppo", "grpo")
@@ -51,7 +52,6 @@ class RLVRConfig:
     reference: str = "policy"  # policy: a frozen copy of the initial policy; helper: see value
     reference_init: str | None = None  # helper reference: a native checkpoint root
     asynchronous: bool = False  # generate step t+1 while step t trains (one step off-policy)
-    prompt_file: str | None = None  # RL prompts JSONL (default: the embedded task's rl_train)
     eval_file: str | None = None  # held-out prompts for verifier accuracy (default: task eval)
     eval_interval: int = 0  # evaluate every N steps (and at the end); 0: never
     eval_limit: int = 200
@@ -77,7 +77,6 @@ class RLVRConfig:
         check_choice("reference", self.reference, REFERENCE_SOURCES)
         check_optional_str("reference_init", self.reference_init)
         check_bool("asynchronous", self.asynchronous)
-        check_optional_str("prompt_file", self.prompt_file)
         check_optional_str("eval_file", self.eval_file)
         check_int("eval_interval", self.eval_interval, minimum=0)
         check_int("eval_limit", self.eval_limit, minimum=1)
@@ -95,6 +94,12 @@ class RLVRConfig:
     @property
     def rollouts_per_step(self) -> int:
         return self.prompts_per_step * self.samples_per_prompt
+
+    @property
+    def prompt_file(self) -> None:
+        """Always None: the key was removed (the prompts are ``data.train_file``). Kept only
+        while megatron_tulu/stages/rlvr/trainer.py still reads it; delete with that branch."""
+        return None
 
 
 @dataclass(kw_only=True)
@@ -126,35 +131,4 @@ class ValueModelConfig:
             raise ValueError(
                 f"value.init_from_native ({self.init_from_native!r}) and value.init_from_hf "
                 f"({self.init_from_hf!r}) are exclusive: give one"
-            )
-
-
-@dataclass(kw_only=True)
-class RolloutSection:
-    """The vLLM engines (owned by trainer rank 0, in their own processes)."""
-
-    vllm_tp: int = 1  # the engine's tensor parallel size, independent of the trainer's
-    num_engines: int = 1
-    engine_gpus: int = 0  # GPUs set aside for vLLM on a cluster (0 on CPU)
-    dtype: str = "float32"
-    kv_cache_gib: float = 1.0  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = True
-    weight_sync: str = "broadcast"  # gloo on CPU, NCCL on GPU: one code path
-
-    def __post_init__(self) -> None:
-        check_int("vllm_tp", self.vllm_tp, minimum=1)
-        check_int("num_engines", self.num_engines, minimum=1)
-        check_int("engine_gpus", self.engine_gpus, minimum=0)
-        check_choice("dtype", self.dtype, ("float32", "bfloat16"))
-        self.kv_cache_gib = check_float("kv_cache_gib", self.kv_cache_gib, gt=0.0)
-        self.gpu_memory_utilization = check_float(
-            "gpu_memory_utilization", self.gpu_memory_utilization, gt=0.0, le=1.0
-        )
-        check_bool("enforce_eager", self.enforce_eager)
-        check_str("weight_sync", self.weight_sync)
-        if self.engine_gpus and self.engine_gpus != self.vllm_tp * self.num_engines:
-            raise ValueError(
-                f"rollout.engine_gpus ({self.engine_gpus}) must equal vllm_tp ({self.vllm_tp}) "
-                f"x num_engines ({self.num_engines}) = {self.vllm_tp * self.num_engines}"
             )

@@ -52,6 +52,12 @@ class RolloutEngine:
     """
 
     def __init__(self, config: RolloutConfig) -> None:
+        if config.model_dir is None:
+            raise ValueError(
+                "RolloutConfig.model_dir is None: the engine needs the HF directory to start "
+                "from (a recipe's rollout section leaves it unset; build the engine's config "
+                "with megatron_tulu.config.rollout.engine_config, or pass model_dir)"
+            )
         self.config = config
         self.engines: list[EngineHandle] = []
         self._group: Any = None
@@ -262,7 +268,7 @@ class RolloutEngine:
         cfg = self.config
         port = free_port()
         backend = device_backend()
-        tp = cfg.tensor_parallel_size
+        tp = cfg.vllm_tp
 
         def join(engine: EngineHandle) -> Callable[[], Any]:
             kwargs = {

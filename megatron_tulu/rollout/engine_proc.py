@@ -94,7 +94,7 @@ def make_llm(cfg: RolloutConfig) -> Any:
         return LLM(
             model=cfg.model_dir,
             skip_tokenizer_init=True,
-            tensor_parallel_size=cfg.tensor_parallel_size,
+            tensor_parallel_size=cfg.vllm_tp,
             dtype=cfg.dtype,
             max_model_len=cfg.max_model_len,
             seed=cfg.seed,

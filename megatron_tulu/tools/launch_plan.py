@@ -23,13 +23,16 @@ the recipe must resolve on the trainer's world size (batch sizes, layers per sta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-AXES = ("tp", "cp", "dp", "pp")  # fastest-varying first: megatron's "tp-cp-ep-dp-pp", ep = 1
+from megatron_tulu.config.parallel import AXES, ParallelConfig, RankGrid
+from megatron_tulu.config.rollout import RolloutConfig
+
 MEGATRON_ORDER = "tp-cp-ep-dp-pp"
 
 
@@ -61,7 +64,12 @@ def _positive(name: str, value: int) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class LaunchPlan:
-    """A job's GPU partition (trainer + rollout) and the trainer's parallel layout."""
+    """A job's GPU partition (trainer + rollout) and the trainer's parallel layout.
+
+    The layout rules are :class:`ParallelConfig`'s (degrees, world size; the batch rules need a
+    recipe, checked by ``main``) and the rank order its :class:`RankGrid`'s; the engine rules
+    are :class:`RolloutConfig`'s. Only the partition of the job's GPUs is checked here.
+    """
 
     num_nodes: int
     gpus_per_node: int
@@ -74,10 +82,8 @@ class LaunchPlan:
     num_engines: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_nodes", "gpus_per_node", "tp", "pp", "cp", "vllm_tp"):
+        for name in ("num_nodes", "gpus_per_node", "vllm_tp"):
             _positive(name, getattr(self, name))
-        if self.vpp is not None:
-            _positive("vpp", self.vpp)
         total = self.num_nodes * self.gpus_per_node
         r = self.rollout_gpus
         if not isinstance(r, int) or r < 0 or r >= total:
@@ -92,20 +98,27 @@ class LaunchPlan:
                 f"same number of ranks: use {r - r % self.gpus_per_node or self.gpus_per_node} "
                 f"or {r - r % self.gpus_per_node + self.gpus_per_node}"
             )
-        if r and r != self.num_engines * self.vllm_tp:
-            raise ValueError(
-                f"rollout_gpus ({r}) != num_engines ({self.num_engines}) * vllm_tp "
-                f"({self.vllm_tp}) = {self.num_engines * self.vllm_tp}: every rollout GPU belongs "
-                f"to exactly one engine; set num_engines to {r // self.vllm_tp} if vllm_tp divides "
-                f"{r}"
-            )
-        model_parallel = self.tp * self.cp * self.pp
-        if self.trainer_gpus % model_parallel:
-            raise ValueError(
-                f"the trainer's {self.trainer_gpus} GPUs are not a multiple of tp ({self.tp}) * "
-                f"cp ({self.cp}) * pp ({self.pp}) = {model_parallel}: change the layout or the "
-                f"number of nodes / rollout GPUs"
-            )
+        # RolloutConfig's rules (rollout GPUs = num_engines * vllm_tp) and ParallelConfig's
+        # (the degrees; the trainer GPUs split into tp * cp * pp)
+        _ = self.rollout, self.grid
+
+    @functools.cached_property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(tp=self.tp, pp=self.pp, cp=self.cp, vpp=self.vpp)
+
+    @functools.cached_property
+    def grid(self) -> RankGrid:
+        """The trainer's rank grid (ParallelConfig's rules and megatron's rank order)."""
+        return self.parallel.grid(self.trainer_gpus)
+
+    @property
+    def rollout(self) -> RolloutConfig | None:
+        """The rollout partition as the engines' config (None without rollout GPUs)."""
+        if not self.rollout_gpus:
+            return None
+        return RolloutConfig(
+            vllm_tp=self.vllm_tp, num_engines=self.num_engines, engine_gpus=self.rollout_gpus
+        )
 
     # ---- partition -------------------------------------------------------------------------
     @property
@@ -130,30 +143,19 @@ class LaunchPlan:
 
     @property
     def dp(self) -> int:
-        return self.trainer_gpus // (self.tp * self.cp * self.pp)
+        return self.grid.dp
 
     def sizes(self) -> dict[str, int]:
-        return {"tp": self.tp, "cp": self.cp, "dp": self.dp, "pp": self.pp}
+        return {axis: getattr(self.grid, axis) for axis in AXES}
 
-    # ---- rank arithmetic -------------------------------------------------------------------
+    # ---- rank arithmetic (RankGrid's) --------------------------------------------------------
     def coords(self, rank: int) -> dict[str, int]:
         """{"tp", "cp", "dp", "pp"} coordinate of trainer ``rank``."""
-        if not 0 <= rank < self.trainer_gpus:
-            raise ValueError(f"rank ({rank}) is out of range [0, {self.trainer_gpus - 1}]")
-        out, rest = {}, rank
-        for axis in AXES:
-            size = self.sizes()[axis]
-            out[axis], rest = rest % size, rest // size
-        return out
+        c = self.grid.coords(rank)
+        return {axis: getattr(c, f"{axis}_rank") for axis in AXES}
 
     def rank_of(self, *, tp: int = 0, cp: int = 0, dp: int = 0, pp: int = 0) -> int:
-        rank, stride = 0, 1
-        for axis, value in zip(AXES, (tp, cp, dp, pp), strict=True):
-            size = self.sizes()[axis]
-            if not 0 <= value < size:
-                raise ValueError(f"{axis} ({value}) is out of range [0, {size - 1}]")
-            rank, stride = rank + value * stride, stride * size
-        return rank
+        return self.grid.rank_of(tp_rank=tp, cp_rank=cp, dp_rank=dp, pp_rank=pp)
 
     def place(self, rank: int) -> RankPlace:
         node, gpu = divmod(rank, self.ranks_per_node)
@@ -164,11 +166,7 @@ class LaunchPlan:
 
     def groups(self, axis: str) -> list[list[int]]:
         """All rank groups along ``axis`` (e.g. the TP groups), like megatron's RankGenerator."""
-        by_rest: dict[tuple[int, ...], list[int]] = {}
-        for r in range(self.trainer_gpus):
-            c = self.coords(r)
-            by_rest.setdefault(tuple(c[a] for a in AXES if a != axis), []).append(r)
-        return sorted(by_rest.values())
+        return self.grid.groups(axis)
 
     def rollout_gpu_list(self) -> list[tuple[int, int]]:
         """(node, local GPU) of every rollout GPU, in engine order."""
@@ -318,10 +316,9 @@ def _from_recipe(path: str, overrides: Sequence[str]) -> tuple[dict, Any]:
     from megatron_tulu.config import load_recipe
 
     recipe = load_recipe(path, overrides)
-    found: dict = {"tp": recipe.parallel.tp, "pp": recipe.parallel.pp, "vpp": recipe.parallel.vpp}
-    found["cp"] = getattr(recipe.parallel, "cp", 1)
-    rollout = getattr(recipe, "rollout", None)
-    if recipe.training.stage == "rlvr" and rollout is not None:
+    par, rollout = recipe.parallel, recipe.rollout
+    found: dict = {"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "cp": par.cp}
+    if recipe.training.stage == "rlvr":
         found["rollout_gpus"] = rollout.engine_gpus
         if rollout.engine_gpus:
             found["vllm_tp"] = rollout.vllm_tp

@@ -76,7 +76,7 @@ def test_one_node_rollout_takes_the_last_gpus():
     [
         ({"num_nodes": 4, "rollout_gpus": 4, "vllm_tp": 4, "num_engines": 1}, "whole nodes"),
         ({"num_nodes": 4, "rollout_gpus": 8, "vllm_tp": 4, "num_engines": 1}, "num_engines"),
-        ({"num_nodes": 2, "tp": 8, "pp": 3}, "not a multiple of tp"),
+        ({"num_nodes": 2, "tp": 8, "pp": 3}, "world size (16) is not tp (8) * pp (3) * dp"),
         ({"num_nodes": 1, "rollout_gpus": 8}, "rollout_gpus (8) must be in"),
     ],
 )

@@ -84,10 +84,10 @@ def test_activations_overflow_is_named(capsys):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--model", "llama3.1-8b", "--tp", "3"], "tp (3) does not divide"),
-        (["--model", "llama3.1-8b", "--gpus", "12", "--tp", "8"], "is not divisible by tp (8)"),
+        (["--model", "llama3.1-8b", "--tp", "3"], "is not divisible by tensor_model_parallel"),
+        (["--model", "llama3.1-8b", "--gpus", "12", "--tp", "8"], "world size (12) is not tp (8)"),
         (["--model", "llama3.1-8b", "--gpus", "8", "--tp", "2", "--global-batch", "6"],
-         "global batch (6) is not divisible"),
+         "global_batch_size (6) is not divisible"),
         (["--model", "llama3.1-8b", "--gpus", "6", "--pp", "3"], "num_layers (32)"),
         (["--model", "llama3.1-8b", "--tp", "1", "--sp"], "needs tensor parallelism"),
         (["--model", "no-such-model"], "neither a preset"),

@@ -11,8 +11,9 @@ from megatron_tulu.tools.planner import (
     DoesNotFit,
     PlanError,
     RLVRSettings,
-    RolloutConfig,
+    RolloutWorkload,
     TrainLayout,
+    engines_on,
     get_hardware,
     plan_rlvr,
     plan_training,
@@ -70,8 +71,8 @@ def test_kv_cache_per_token_gqa():
 
 def _rlvr(rollout_gpus=32, vllm_tp=16, is_async=False, **kw):
     lay = TrainLayout(tp=8, pp=14, global_batch=1856, seq_len=1824, recompute="full")
-    ro = RolloutConfig(rollout_gpus=rollout_gpus, vllm_tp=vllm_tp, prompt_len=800,
-                       response_len=1024, num_sequences=1856)  # fmt: skip
+    ro = RolloutWorkload(vllm=engines_on(rollout_gpus, vllm_tp), prompt_len=800,
+                         response_len=1024, num_sequences=1856)  # fmt: skip
     settings = RLVRSettings(ppo_epochs=4, value_model=M8, is_async=is_async, **kw)
     return plan_rlvr(M405, lay, 256, ro, settings, H100)
 
@@ -97,8 +98,8 @@ def test_rlvr_vllm_tp8_does_not_fit_405b():
 def test_rlvr_sharded_weight_sync_is_faster():
     broadcast = _rlvr()
     lay = TrainLayout(tp=8, pp=14, global_batch=1856, seq_len=1824, recompute="full")
-    ro = RolloutConfig(rollout_gpus=32, vllm_tp=16, prompt_len=800, response_len=1024,
-                       num_sequences=1856, weight_sync="sharded")  # fmt: skip
+    ro = RolloutWorkload(vllm=engines_on(32, 16), prompt_len=800, response_len=1024,
+                         num_sequences=1856, weight_sync="sharded")  # fmt: skip
     sharded = plan_rlvr(M405, lay, 256, ro, RLVRSettings(value_model=M8), H100)
     # 812 GB over one 40 GB/s link vs 1/16 of it
     assert broadcast.weight_sync_s == pytest.approx(405.85e9 * 2 / 40e9, rel=1e-3)
@@ -107,8 +108,7 @@ def test_rlvr_sharded_weight_sync_is_faster():
 
 def test_rollout_gpus_must_split_into_engines():
     with pytest.raises(PlanError, match="not divisible by vllm tp"):
-        RolloutConfig(rollout_gpus=24, vllm_tp=16, prompt_len=8, response_len=8,
-                      num_sequences=8)  # fmt: skip
+        engines_on(24, 16)
 
 
 def test_search_training_only_returns_fitting_layouts():
@@ -126,8 +126,8 @@ def test_search_training_only_returns_fitting_layouts():
 
 def test_search_rlvr_small_problem():
     base = TrainLayout(global_batch=64, seq_len=1024)
-    ro = RolloutConfig(rollout_gpus=8, vllm_tp=1, prompt_len=512, response_len=512,
-                       num_sequences=64)  # fmt: skip
+    ro = RolloutWorkload(vllm=engines_on(8, 1), prompt_len=512, response_len=512,
+                         num_sequences=64)  # fmt: skip
     res = search_rlvr(M8, 16, H100, base, ro, RLVRSettings(value_model=M8, is_async=True),
                       space=SearchSpace(codebase_only=True, micro_batches=(1,)),
                       top=3)  # fmt: skip

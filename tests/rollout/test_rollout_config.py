@@ -15,8 +15,8 @@ MODEL = model_preset("tiny")
 
 
 def test_defaults_and_group_size():
-    cfg = RolloutConfig(model_dir="/m", tensor_parallel_size=4, num_engines=2)
-    assert cfg.multiprocess and cfg.dtype == "bfloat16"
+    cfg = RolloutConfig(model_dir="/m", vllm_tp=4, num_engines=2)
+    assert cfg.multiprocess and cfg.dtype == "float32"
     assert cfg.group_size == 1 + 2 * 4  # trainer rank 0 + every worker of every engine
 
 
@@ -25,7 +25,7 @@ def test_defaults_and_group_size():
     [
         ({"dtype": "float16"}, "'float16'"),
         ({"num_engines": 0}, "num_engines (0)"),
-        ({"tensor_parallel_size": 0}, "tensor_parallel_size (0)"),
+        ({"vllm_tp": 0}, "vllm_tp (0)"),
         ({"kv_cache_gib": 0.0}, "kv_cache_gib (0.0)"),
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization (1.5)"),
         ({"bucket_bytes": -1}, "bucket_bytes (-1)"),
@@ -62,3 +62,10 @@ def test_push_checker_names_the_problem():
         checker.check("model.layers.9.mlp.up_proj.weight", (176, 64))
     with pytest.raises(ValueError, match="incomplete: 38 of 39 tensors were not sent"):
         checker.finish()
+
+
+def test_engine_needs_model_dir():
+    from megatron_tulu.rollout.engine import RolloutEngine
+
+    with pytest.raises(ValueError, match=r"RolloutConfig\.model_dir is None: .*engine_config"):
+        RolloutEngine(RolloutConfig())  # a recipe's rollout section, not filled in

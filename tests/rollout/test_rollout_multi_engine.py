@@ -39,7 +39,7 @@ def _engines_worker(*, dir_a: str, dir_b: str) -> dict[str, object]:
         max_model_len=64,
         kv_cache_gib=0.125,
         num_engines=2,
-        tensor_parallel_size=2,
+        vllm_tp=2,
     )
     with RolloutEngine(config) as engine:
         stats = engine.push_weights(iter_hf_dir(dir_b))

@@ -8,7 +8,7 @@ from megatron_tulu.tools.planner.fit import DoesNotFit
 from megatron_tulu.tools.planner.hardware import HARDWARE, HardwareProfile, get_hardware
 from megatron_tulu.tools.planner.layout import PlanError, TrainLayout, resolve
 from megatron_tulu.tools.planner.rlvr import RLVRPlan, RLVRSettings, plan_rlvr
-from megatron_tulu.tools.planner.rollout import RolloutConfig
+from megatron_tulu.tools.planner.rollout import RolloutWorkload, engines_on
 from megatron_tulu.tools.planner.search import SearchSpace, search_rlvr, search_training
 from megatron_tulu.tools.planner.training_plan import TrainingPlan, plan_training
 
@@ -19,10 +19,11 @@ __all__ = [
     "PlanError",
     "RLVRPlan",
     "RLVRSettings",
-    "RolloutConfig",
+    "RolloutWorkload",
     "SearchSpace",
     "TrainLayout",
     "TrainingPlan",
+    "engines_on",
     "get_hardware",
     "plan_rlvr",
     "plan_training",

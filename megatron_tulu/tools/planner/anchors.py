@@ -31,7 +31,7 @@ from megatron_tulu.config import model_preset
 from megatron_tulu.tools.planner.hardware import HardwareProfile, get_hardware
 from megatron_tulu.tools.planner.layout import TrainLayout
 from megatron_tulu.tools.planner.rlvr import RLVRPlan, RLVRSettings, plan_rlvr
-from megatron_tulu.tools.planner.rollout import RolloutConfig
+from megatron_tulu.tools.planner.rollout import RolloutWorkload, engines_on
 from megatron_tulu.tools.planner.timing import TimeOptions
 from megatron_tulu.tools.planner.training_plan import TrainingPlan, plan_training
 from megatron_tulu.tools.planner.zero3 import DEEPSPEED_ZERO3_EFFICIENCY
@@ -152,9 +152,8 @@ def plan_tulu_rlvr(
         model_preset("llama3.1-405b"),
         TrainLayout(global_batch=sequences, seq_len=prompt_len + response_len),
         256,
-        RolloutConfig(
-            rollout_gpus=16,
-            vllm_tp=16,
+        RolloutWorkload(
+            vllm=engines_on(16, 16),
             prompt_len=prompt_len,
             response_len=response_len,
             num_sequences=sequences,

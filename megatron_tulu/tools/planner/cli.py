@@ -24,7 +24,7 @@ from megatron_tulu.tools.planner.layout import (
 )
 from megatron_tulu.tools.planner.report import render_rlvr, render_search, render_training
 from megatron_tulu.tools.planner.rlvr import ENGINES, RLVRSettings, plan_rlvr
-from megatron_tulu.tools.planner.rollout import WEIGHT_SYNC, RolloutConfig
+from megatron_tulu.tools.planner.rollout import WEIGHT_SYNC, RolloutWorkload, engines_on
 from megatron_tulu.tools.planner.search import SearchSpace, search_rlvr, search_training
 from megatron_tulu.tools.planner.timing import TimeOptions
 from megatron_tulu.tools.planner.training_plan import plan_training
@@ -239,28 +239,24 @@ def _run_rlvr(args, model, hw, opts) -> tuple[dict[str, Any], str]:
         engine=args.engine,
     )
     searching = args.search and (args.rollout_gpus is None or args.vllm_tp is None)
-    rollout = (
-        RolloutConfig(
-            rollout_gpus=args.rollout_gpus or args.vllm_tp or 8,
-            vllm_tp=args.vllm_tp or 8,
-            prompt_len=args.prompt_len,
-            response_len=args.response_len,
-            num_sequences=sequences,
-            gpu_memory_utilization=args.vllm_memory_utilization,
-            max_num_seqs=args.vllm_max_seqs,
-            weight_sync=args.weight_sync,
-        )
-        if searching
-        else RolloutConfig(
-            rollout_gpus=_required(args.rollout_gpus, "--rollout-gpus"),
-            vllm_tp=_required(args.vllm_tp, "--vllm-tp"),
-            prompt_len=args.prompt_len,
-            response_len=args.response_len,
-            num_sequences=sequences,
-            gpu_memory_utilization=args.vllm_memory_utilization,
-            max_num_seqs=args.vllm_max_seqs,
-            weight_sync=args.weight_sync,
-        )
+    if searching:  # placeholders: the search replaces the rollout GPUs and vLLM TP
+        vllm_tp = args.vllm_tp or 8
+        rollout_gpus = args.rollout_gpus or vllm_tp
+    else:
+        rollout_gpus = _required(args.rollout_gpus, "--rollout-gpus")
+        vllm_tp = _required(args.vllm_tp, "--vllm-tp")
+    engines = engines_on(
+        rollout_gpus,
+        vllm_tp,
+        gpu_memory_utilization=args.vllm_memory_utilization,
+        max_num_seqs=args.vllm_max_seqs,
+    )
+    rollout = RolloutWorkload(
+        vllm=engines,
+        prompt_len=args.prompt_len,
+        response_len=args.response_len,
+        num_sequences=sequences,
+        weight_sync=args.weight_sync,
     )
     if args.search:
         space = SearchSpace(

@@ -1,14 +1,17 @@
 """A training layout to plan (TP/PP/VPP/CP, DP derived) and its validation.
 
-Errors are :class:`PlanError` (a ``ValueError``) quoting the offending values and saying how to
-fix them; the CLI turns them into exit code 2.
+The layout rules (divisibility, model fit, batch sizes) are :class:`ParallelConfig`'s: a
+:class:`TrainLayout` builds one and the planner rejects exactly what it rejects, with its
+message. Planner-only choices (recompute, the distributed optimizer, kernels, the uneven pipeline
+split, the head) are checked here. Errors are :class:`PlanError` (a ``ValueError``); the CLI turns
+them into exit code 2.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_tulu.config import ModelConfig
+from megatron_tulu.config import ModelConfig, ParallelConfig, ParallelDims
 from megatron_tulu.config._validate import check_choice, check_int, divisors, fmt_set
 
 RECOMPUTE = ("none", "selective", "full")
@@ -49,37 +52,35 @@ class TrainLayout:
     swiglu_fusion: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp", "micro_batch", "global_batch", "seq_len"):
-            try:
-                check_int(name, getattr(self, name), minimum=1)
-            except ValueError as exc:
-                raise PlanError(str(exc)) from None
-        if self.vpp is not None:
-            check_int("vpp", self.vpp, minimum=1)
-        for name, value, choices in (
-            ("recompute", self.recompute, RECOMPUTE),
-            ("precision", self.precision, PRECISIONS),
-            ("kernels", self.kernels, KERNELS),
-            ("head", self.head, HEADS),
-        ):
-            try:
+        try:
+            for name, value, choices in (
+                ("recompute", self.recompute, RECOMPUTE),
+                ("precision", self.precision, PRECISIONS),
+                ("kernels", self.kernels, KERNELS),
+                ("head", self.head, HEADS),
+            ):
                 check_choice(name, value, choices)
-            except ValueError as exc:
-                raise PlanError(str(exc)) from None
-        if self.sequence_parallel and self.tp == 1:
-            raise PlanError(
-                "sequence parallel (--sp) needs tensor parallelism but tp is 1: "
-                "set --tp >= 2 or pass --no-sp"
-            )
-        if self.vpp is not None and self.vpp > 1 and self.pp == 1:
-            raise PlanError(
-                f"vpp ({self.vpp}) needs pipeline parallelism but pp is 1: set --pp >= 2 "
-                "or drop --vpp"
-            )
+            check_int("seq_len", self.seq_len, minimum=1)
+            _ = self.parallel  # ParallelConfig checks tp / pp / vpp / cp / sp, the batch sizes
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        """This layout as the trainer's :class:`ParallelConfig` (where its rules live)."""
+        return ParallelConfig(
+            tp=self.tp,
+            pp=self.pp,
+            vpp=self.vpp,
+            cp=self.cp,
+            sequence_parallel=self.sp,
+            micro_batch_size=self.micro_batch,
+            global_batch_size=self.global_batch,
+        )
 
     @property
     def sp(self) -> bool:
-        return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
+        return self.tp != 1 if self.sequence_parallel is None else self.sequence_parallel
 
     @property
     def v(self) -> int:
@@ -107,10 +108,20 @@ class TrainLayout:
 @dataclass(frozen=True, kw_only=True)
 class ResolvedLayout:
     layout: TrainLayout
-    gpus: int
-    dp: int
-    num_microbatches: int
+    dims: ParallelDims  # what ParallelConfig.resolve derives: dp, the micro-batch count
     layers_per_rank: tuple[int, ...]  # transformer layers on each pipeline rank
+
+    @property
+    def gpus(self) -> int:
+        return self.dims.world_size
+
+    @property
+    def dp(self) -> int:
+        return self.dims.dp
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.dims.num_microbatches
 
     @property
     def tokens_per_microbatch(self) -> int:
@@ -123,94 +134,50 @@ class ResolvedLayout:
         return self.dp * self.layout.cp if self.layout.distributed_optimizer else 1
 
 
-def valid_tp(model: ModelConfig) -> list[int]:
-    return [
-        t
-        for t in divisors(model.num_attention_heads)
-        if model.num_query_groups % t == 0 and model.ffn_hidden_size % t == 0
-    ]
-
-
 def layers_per_rank(model: ModelConfig, layout: TrainLayout) -> tuple[int, ...]:
     """Transformer layers on each pipeline rank (raises PlanError when they do not split)."""
     pp, v, n = layout.pp, layout.v, model.num_layers
-    stages = pp * v
-    if layout.uneven_pipeline:
-        slots = n + 2
-        if slots % stages:
-            raise PlanError(
-                f"num_layers + 2 ({slots}, embedding and loss counted as layers) is not "
-                f"divisible by pp ({pp}) * vpp ({v}) = {stages}: choose pp * vpp from "
-                f"{fmt_set(divisors(slots))}"
-            )
-        per_rank = slots // pp
-        if pp == 1:
-            return (n,)
-        return (per_rank - 1, *([per_rank] * (pp - 2)), per_rank - 1)
-    if n % stages:
+    if not layout.uneven_pipeline:
+        try:
+            layout.parallel.check_pipeline_split(n)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+        return tuple([n // pp] * pp)
+    # planner-only: megatron's split with the embedding and the loss counted as layers
+    slots, stages = n + 2, pp * v
+    if slots % stages:
         raise PlanError(
-            f"num_layers ({n}) is not divisible by pp ({pp}) * vpp ({v}) = {stages}: choose "
-            f"pp * vpp from {fmt_set(divisors(n))} (or plan an uneven split with "
-            f"--uneven-pipeline, megatron's account_for_embedding/loss_in_pipeline_split, "
-            f"which this codebase does not wire up yet)"
+            f"num_layers + 2 ({slots}, embedding and loss counted as layers) is not "
+            f"divisible by pp ({pp}) * vpp ({v}) = {stages}: choose pp * vpp from "
+            f"{fmt_set(divisors(slots))}"
         )
-    return tuple([n // pp] * pp)
+    per_rank = slots // pp
+    if pp == 1:
+        return (n,)
+    return (per_rank - 1, *([per_rank] * (pp - 2)), per_rank - 1)
 
 
 def resolve(model: ModelConfig, layout: TrainLayout, gpus: int) -> ResolvedLayout:
-    """Validate ``layout`` for ``model`` on ``gpus`` GPUs and derive dp and the micro-batches."""
+    """Validate ``layout`` for ``model`` on ``gpus`` GPUs and derive dp and the micro-batches,
+    by ParallelConfig's rules in the trainer's order (model fit, sequence length, world size,
+    batch sizes); megatron's uneven split replaces the layer rule when ``uneven_pipeline``."""
+    parallel = layout.parallel
     try:
         check_int("gpus", gpus, minimum=1)
+        parallel.check_tp_split(model)
+        layers = layers_per_rank(model, layout)
+        parallel.check_seq_length(layout.seq_len, name="seq_len")
+        dims = parallel.resolve(gpus)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
-    tp, pp, cp = layout.tp, layout.pp, layout.cp
-    for field in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
-        value = getattr(model, field)
-        if value % tp:
-            raise PlanError(
-                f"tp ({tp}) does not divide {field} ({value}) of model {model.name!r}: "
-                f"choose tp from {fmt_set(valid_tp(model))}"
-            )
-    per_replica = tp * pp * cp
-    if gpus % per_replica:
-        raise PlanError(
-            f"gpus ({gpus}) is not divisible by tp ({tp}) * pp ({pp}) * cp ({cp}) = "
-            f"{per_replica}: use a multiple of {per_replica} GPUs or change the layout"
-        )
-    if cp > 1 and layout.seq_len % (2 * cp):
-        raise PlanError(
-            f"seq_len ({layout.seq_len}) is not divisible by 2 * cp ({2 * cp}): context "
-            "parallelism splits each causal sequence into 2 * cp load-balanced chunks"
-        )
-    layers = layers_per_rank(model, layout)
-    dp = gpus // per_replica
-    per_micro = layout.micro_batch * dp
-    if layout.global_batch % per_micro:
-        lower = layout.global_batch // per_micro * per_micro
-        options = [s for s in (lower, lower + per_micro) if s > 0]
-        raise PlanError(
-            f"global batch ({layout.global_batch}) is not divisible by micro batch "
-            f"({layout.micro_batch}) * dp ({dp}) = {per_micro}: use e.g. "
-            f"{' or '.join(map(str, options))}"
-        )
-    num_micro = layout.global_batch // per_micro
-    if layout.v > 1 and num_micro % pp:
-        raise PlanError(
-            f"the interleaved schedule (vpp {layout.v}) needs the number of micro-batches "
-            f"({num_micro} = global batch {layout.global_batch} / (micro batch "
-            f"{layout.micro_batch} * dp {dp})) divisible by pp ({pp}): use a global batch "
-            f"that is a multiple of {per_micro * pp}, or drop --vpp"
-        )
-    return ResolvedLayout(
-        layout=layout, gpus=gpus, dp=dp, num_microbatches=num_micro, layers_per_rank=layers
-    )
+    return ResolvedLayout(layout=layout, dims=dims, layers_per_rank=layers)
 
 
 def codebase_gaps(layout: TrainLayout) -> list[str]:
     """Features a layout needs that megatron-core has but this codebase does not wire up yet."""
     gaps = []
     if layout.cp > 1:
-        gaps.append("context parallelism (cp > 1): megatron_tulu's ParallelConfig has no cp yet")
+        gaps.append("context parallelism (cp > 1): ParallelConfig plans it, the trainer refuses it")
     if layout.uneven_pipeline:
         gaps.append("uneven pipeline split (account_for_embedding/loss_in_pipeline_split)")
     if layout.swiglu_fusion:

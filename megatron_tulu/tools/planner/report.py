@@ -70,7 +70,7 @@ def render_rlvr(plan: RLVRPlan, *, with_assumptions: bool = True) -> str:
     mode = "async, one-step off-policy" if plan.settings.is_async else "synchronous"
     lines = [
         f"RLVR {plan.model.name} on {plan.gpus} x {plan.hw.name}: {ro.rollout_gpus} rollout GPUs "
-        f"({ro.engines} vLLM engine(s) at TP {ro.vllm_tp}) + {plan.train_gpus} training GPUs",
+        f"({ro.num_engines} vLLM engine(s) at TP {ro.vllm_tp}) + {plan.train_gpus} training GPUs",
         f"policy layout {_policy_layout(plan)}",
         f"batch {ro.num_sequences} sequences, prompt {ro.prompt_len} + response "
         f"{ro.response_len} tokens, PPO epochs {plan.settings.ppo_epochs}, {mode}",

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from megatron_tulu.config import ModelConfig
+from megatron_tulu.config import ModelConfig, ParallelConfig
 from megatron_tulu.config._validate import check_choice, check_int
+from megatron_tulu.config.parallel import valid_tp
 from megatron_tulu.tools.planner.assumptions import (
     rlvr_assumptions,
     training_assumptions,
@@ -27,7 +28,6 @@ from megatron_tulu.tools.planner.layout import (
     ResolvedLayout,
     TrainLayout,
     resolve,
-    valid_tp,
 )
 from megatron_tulu.tools.planner.memory import (
     forward_only_activation_bytes,
@@ -36,8 +36,8 @@ from megatron_tulu.tools.planner.memory import (
 )
 from megatron_tulu.tools.planner.rollout import (
     GenerationTime,
-    RolloutConfig,
     RolloutMemory,
+    RolloutWorkload,
     generation_time,
     rollout_memory,
     weight_sync_seconds,
@@ -78,7 +78,7 @@ class RLVRPlan:
     gpus: int
     policy: ResolvedLayout
     settings: RLVRSettings
-    rollout: RolloutConfig
+    rollout: RolloutWorkload
     rollout_mem: RolloutMemory
     generation: GenerationTime
     weight_sync_s: float
@@ -110,7 +110,7 @@ class RLVRPlan:
             "vllm_weights": self.rollout_mem.weights,
             "workspace": self.rollout_mem.workspace,
         }
-        budget = self.rollout.gpu_memory_utilization * self.hw.hbm_bytes
+        budget = self.rollout.vllm.gpu_memory_utilization * self.hw.hbm_bytes
         check_fit(vllm, budget, f"rollout GPU (vLLM TP {self.rollout.vllm_tp})")
         if self.rollout_mem.concurrent_sequences < 1:
             need = self.rollout.prompt_len + self.rollout.response_len
@@ -126,7 +126,7 @@ class RLVRPlan:
             "training_gpus": self.train_gpus,
             "rollout_gpus": self.rollout.rollout_gpus,
             "vllm_tp": self.rollout.vllm_tp,
-            "vllm_engines": self.rollout.engines,
+            "vllm_engines": self.rollout.num_engines,
             "layout": layout_dict(self.policy)
             if self.settings.engine == "megatron"
             else {"engine": "zero3", "gpus": self.train_gpus},
@@ -177,9 +177,10 @@ def value_layout(
 ) -> ResolvedLayout:
     """The value model over all training GPUs (TP value_tp, PP 1); its batch is padded up to a
     multiple of micro_batch * dp when the sequences do not divide evenly."""
-    dp = train_gpus // value_tp if train_gpus % value_tp == 0 else None
-    if dp is None:
-        raise PlanError(f"value tp ({value_tp}) does not divide the training GPUs ({train_gpus})")
+    try:
+        dp = ParallelConfig(tp=value_tp).grid(train_gpus).dp
+    except ValueError as exc:
+        raise PlanError(f"the value model's layout: {exc}") from None
     per = policy.micro_batch * dp
     batch = -(-policy.global_batch // per) * per
     lay = dataclasses.replace(
@@ -290,7 +291,7 @@ def plan_rlvr(
     model: ModelConfig,
     layout: TrainLayout,
     gpus: int,
-    rollout: RolloutConfig,
+    rollout: RolloutWorkload,
     settings: RLVRSettings,
     hw: HardwareProfile,
     *,

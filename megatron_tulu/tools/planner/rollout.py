@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
-from megatron_tulu.config import ModelConfig
+from megatron_tulu.config import ModelConfig, RolloutConfig
 from megatron_tulu.config._validate import check_choice, check_float, check_int
 from megatron_tulu.tools.planner.comm import collective_seconds
 from megatron_tulu.tools.planner.flops import forward_flops_per_token, forward_model_flops_per_token
@@ -37,46 +38,80 @@ from megatron_tulu.tools.planner.hardware import GB, GIB, HardwareProfile
 from megatron_tulu.tools.planner.layout import PlanError
 from megatron_tulu.tools.planner.memory import kv_bytes_per_token_per_gpu, model_weight_bytes
 
+if TYPE_CHECKING:
+    from megatron_tulu.config import RecipeConfig
+
 WEIGHT_SYNC = ("broadcast", "sharded")
 
 
+def engines_on(rollout_gpus: int, vllm_tp: int, **settings: Any) -> RolloutConfig:
+    """The engines filling ``rollout_gpus`` GPUs at ``vllm_tp`` each, as a :class:`RolloutConfig`
+    (``settings``: its other fields, e.g. ``gpu_memory_utilization``). PlanError if they do not
+    split."""
+    try:
+        check_int("rollout_gpus", rollout_gpus, minimum=1)
+        check_int("vllm_tp", vllm_tp, minimum=1)
+        if rollout_gpus % vllm_tp:
+            raise PlanError(
+                f"rollout gpus ({rollout_gpus}) is not divisible by vllm tp ({vllm_tp}): use a "
+                f"multiple of {vllm_tp} rollout GPUs"
+            )
+        return RolloutConfig(
+            vllm_tp=vllm_tp,
+            num_engines=rollout_gpus // vllm_tp,
+            engine_gpus=rollout_gpus,
+            **settings,
+        )
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+
+
 @dataclass(frozen=True, kw_only=True)
-class RolloutConfig:
-    rollout_gpus: int
-    vllm_tp: int
+class RolloutWorkload:
+    """One RLVR step's generation: the engines (``vllm``, the recipe's ``rollout`` section:
+    vllm_tp, num_engines, gpu_memory_utilization, max_num_seqs) and what only the planner
+    models: the sequence lengths and count, vLLM's workspace, and the weight-sync scheme."""
+
+    vllm: RolloutConfig
     prompt_len: int
     response_len: int
     num_sequences: int  # prompts * samples per prompt, per RLVR step
-    gpu_memory_utilization: float = 0.9  # vLLM default
-    max_num_seqs: int = 256  # vLLM default
     workspace_gib: float = 3.0  # vLLM's profiled activation peak + CUDA graphs (nominal)
+    # broadcast: what this codebase does; sharded: a what-if (each vLLM GPU gets its shard)
     weight_sync: str = "broadcast"
 
     def __post_init__(self) -> None:
         try:
-            for name in (
-                "rollout_gpus",
-                "vllm_tp",
-                "prompt_len",
-                "response_len",
-                "num_sequences",
-                "max_num_seqs",
-            ):
+            for name in ("prompt_len", "response_len", "num_sequences"):
                 check_int(name, getattr(self, name), minimum=1)
-            check_float("gpu_memory_utilization", self.gpu_memory_utilization, gt=0.0, le=1.0)
             check_float("workspace_gib", self.workspace_gib, ge=0.0)
             check_choice("weight_sync", self.weight_sync, WEIGHT_SYNC)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
-        if self.rollout_gpus % self.vllm_tp:
-            raise PlanError(
-                f"rollout gpus ({self.rollout_gpus}) is not divisible by vllm tp "
-                f"({self.vllm_tp}): use a multiple of {self.vllm_tp} rollout GPUs"
-            )
+
+    @classmethod
+    def from_recipe(cls, recipe: RecipeConfig, **planner_only: Any) -> RolloutWorkload:
+        """A recipe's RL step: its rollout section, prompt / response limits and rollouts."""
+        rl = recipe.rlvr
+        return cls(
+            vllm=recipe.rollout,
+            prompt_len=rl.max_prompt_tokens,
+            response_len=rl.max_response_tokens,
+            num_sequences=rl.rollouts_per_step,
+            **planner_only,
+        )
 
     @property
-    def engines(self) -> int:
-        return self.rollout_gpus // self.vllm_tp
+    def vllm_tp(self) -> int:
+        return self.vllm.vllm_tp
+
+    @property
+    def num_engines(self) -> int:
+        return self.vllm.num_engines
+
+    @property
+    def rollout_gpus(self) -> int:
+        return self.vllm.vllm_tp * self.vllm.num_engines
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,27 +145,26 @@ class GenerationTime:
 
 
 def check_vllm_tp(model: ModelConfig, vllm_tp: int) -> None:
-    kv, heads = model.num_query_groups, model.num_attention_heads
-    if heads % vllm_tp or (kv % vllm_tp and vllm_tp % kv):
-        raise PlanError(
-            f"vllm tp ({vllm_tp}) must divide the attention heads ({heads}) and either divide "
-            f"or be a multiple of the KV heads ({kv}) of model {model.name!r}"
-        )
+    """:meth:`RolloutConfig.check_model` for ``vllm_tp`` (PlanError)."""
+    try:
+        RolloutConfig(vllm_tp=vllm_tp).check_model(model)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
-def rollout_memory(model: ModelConfig, cfg: RolloutConfig, hw: HardwareProfile) -> RolloutMemory:
+def rollout_memory(model: ModelConfig, cfg: RolloutWorkload, hw: HardwareProfile) -> RolloutMemory:
     """vLLM memory on one rollout GPU. The caller checks that it fits
     (``concurrent_sequences >= 1``, see
     :func:`megatron_tulu.tools.planner.fit.check_rollout_fit`)."""
     check_vllm_tp(model, cfg.vllm_tp)
-    budget = cfg.gpu_memory_utilization * hw.hbm_bytes
+    budget = cfg.vllm.gpu_memory_utilization * hw.hbm_bytes
     weights = model_weight_bytes(model) / cfg.vllm_tp
     workspace = cfg.workspace_gib * GIB
     kv = max(0.0, budget - weights - workspace)
     kv_tokens = kv / kv_bytes_per_token_per_gpu(model, cfg.vllm_tp)
     per_seq = cfg.prompt_len + cfg.response_len
-    per_engine = math.ceil(cfg.num_sequences / cfg.engines)
-    concurrent = int(min(cfg.max_num_seqs, kv_tokens // per_seq, per_engine))
+    per_engine = math.ceil(cfg.num_sequences / cfg.num_engines)
+    concurrent = int(min(cfg.vllm.max_num_seqs, kv_tokens // per_seq, per_engine))
     return RolloutMemory(
         weights=weights,
         kv_cache=kv,
@@ -141,12 +175,12 @@ def rollout_memory(model: ModelConfig, cfg: RolloutConfig, hw: HardwareProfile) 
 
 
 def generation_time(
-    model: ModelConfig, cfg: RolloutConfig, hw: HardwareProfile, mem: RolloutMemory
+    model: ModelConfig, cfg: RolloutWorkload, hw: HardwareProfile, mem: RolloutMemory
 ) -> GenerationTime:
     if mem.concurrent_sequences < 1:
         raise ValueError("no sequence fits the KV cache; check rollout_memory first")
     tp, eff = cfg.vllm_tp, hw.efficiency
-    per_engine = math.ceil(cfg.num_sequences / cfg.engines)
+    per_engine = math.ceil(cfg.num_sequences / cfg.num_engines)
     batch = mem.concurrent_sequences
     per_node = min(tp, hw.gpus_per_node)
     h = model.hidden_size
@@ -194,12 +228,12 @@ def generation_time(
 
 
 def weight_sync_seconds(
-    model: ModelConfig, cfg: RolloutConfig, hw: HardwareProfile, train_gpus: int
+    model: ModelConfig, cfg: RolloutWorkload, hw: HardwareProfile, train_gpus: int
 ) -> float:
     link = hw.network_gb_s * GB * hw.efficiency.network
     weights = model_weight_bytes(model)
     if cfg.weight_sync == "broadcast":
         return weights / link
     receive = weights / cfg.vllm_tp / link
-    send = cfg.engines * weights / max(train_gpus, 1) / link
+    send = cfg.num_engines * weights / max(train_gpus, 1) / link
     return max(receive, send)

@@ -16,11 +16,11 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from megatron_tulu.config import ModelConfig
+from megatron_tulu.config import ModelConfig, ParallelConfig
 from megatron_tulu.config._validate import divisors
 from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB
 from megatron_tulu.tools.planner.hardware import GIB, HardwareProfile
-from megatron_tulu.tools.planner.layout import RECOMPUTE, PlanError, TrainLayout, valid_tp
+from megatron_tulu.tools.planner.layout import RECOMPUTE, PlanError, TrainLayout, resolve
 from megatron_tulu.tools.planner.rlvr import (
     RLVRPlan,
     RLVRSettings,
@@ -29,7 +29,7 @@ from megatron_tulu.tools.planner.rlvr import (
     rlvr_training,
 )
 from megatron_tulu.tools.planner.rollout import (
-    RolloutConfig,
+    RolloutWorkload,
     check_vllm_tp,
     generation_time,
     rollout_memory,
@@ -54,43 +54,55 @@ class SearchSpace:
     uneven_pipeline: bool = False
 
 
+def _replica_fits(
+    model: ModelConfig, gpus: int, base: TrainLayout, tp: int, cp: int, pp: int
+) -> bool:
+    """Whether tp x cp x pp passes ParallelConfig's rules that do not depend on vpp or the
+    micro-batch (prunes the search before the inner loops)."""
+    try:
+        parallel = ParallelConfig(tp=tp, cp=cp, pp=pp, sequence_parallel=tp > 1)
+        parallel.check_tp_split(model)
+        parallel.check_seq_length(base.seq_len, name="seq_len")
+        parallel.grid(gpus)
+    except ValueError:
+        return False
+    return True
+
+
 def candidate_layouts(
     model: ModelConfig, gpus: int, base: TrainLayout, space: SearchSpace
 ) -> Iterator[TrainLayout]:
-    """Every layout in ``space`` that passes the divisibility rules for ``gpus`` GPUs (even
-    pipeline splits, plus megatron's uneven L + 2 split when ``space.uneven_pipeline``)."""
+    """Every layout in ``space`` that :func:`resolve` accepts on ``gpus`` GPUs (even pipeline
+    splits, plus megatron's uneven L + 2 split when ``space.uneven_pipeline``)."""
     cps = (1,) if space.codebase_only else space.cps
     splits = [False] + ([True] if space.uneven_pipeline and not space.codebase_only else [])
-    tps = [t for t in space.tps if t in valid_tp(model)]
-    for uneven, tp, cp in ((u, t, c) for u in splits for t in tps for c in cps):
-        if cp > 1 and base.seq_len % (2 * cp):
-            continue
+    for uneven, tp, cp in ((u, t, c) for u in splits for t in space.tps for c in cps):
         slots = model.num_layers + 2 if uneven else model.num_layers
         for pp in divisors(slots):
-            if gpus % (tp * pp * cp) or (uneven and (pp == 1 or slots // pp < 2)):
+            if (uneven and (pp == 1 or slots // pp < 2)) or not _replica_fits(
+                model, gpus, base, tp, cp, pp
+            ):
                 continue
-            dp = gpus // (tp * pp * cp)
             vpps: list[int | None] = [None]
             if pp > 1:
                 vpps += [v for v in divisors(slots // pp) if v > 1]
-            for vpp, micro, recompute in (
-                (v, mb, r) for v in vpps for mb in space.micro_batches for r in space.recomputes
-            ):
-                if base.global_batch % (micro * dp):
+            for vpp, micro in ((v, mb) for v in vpps for mb in space.micro_batches):
+                try:
+                    layout = dataclasses.replace(
+                        base,
+                        tp=tp,
+                        pp=pp,
+                        vpp=vpp,
+                        cp=cp,
+                        micro_batch=micro,
+                        sequence_parallel=None,
+                        uneven_pipeline=uneven,
+                    )
+                    resolve(model, layout, gpus)
+                except PlanError:
                     continue
-                if vpp and (base.global_batch // (micro * dp)) % pp:
-                    continue
-                yield dataclasses.replace(
-                    base,
-                    tp=tp,
-                    pp=pp,
-                    vpp=vpp,
-                    cp=cp,
-                    micro_batch=micro,
-                    recompute=recompute,
-                    sequence_parallel=None,
-                    uneven_pipeline=uneven,
-                )
+                for recompute in space.recomputes:
+                    yield dataclasses.replace(layout, recompute=recompute)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +169,7 @@ def search_rlvr(
     gpus: int,
     hw: HardwareProfile,
     base: TrainLayout,
-    rollout: RolloutConfig,
+    rollout: RolloutWorkload,
     settings: RLVRSettings,
     *,
     rollout_gpus: tuple[int, ...] | None = None,
@@ -167,8 +179,8 @@ def search_rlvr(
     options: TimeOptions | None = None,
     reserved_gib: float = DEFAULT_RESERVED_GIB,
 ) -> SearchResult:
-    """``rollout`` supplies the sequence lengths, batch and vLLM settings; its rollout_gpus and
-    vllm_tp are replaced by the searched values (None: search all)."""
+    """``rollout`` supplies the sequence lengths, batch and vLLM settings; its engines' vllm_tp
+    and count are replaced by the searched values (None: search all)."""
     space = space or SearchSpace()
     capacity = hw.hbm_bytes - reserved_gib * GIB
     tps = []
@@ -180,15 +192,18 @@ def search_rlvr(
         tps.append(t)
     training_cache: dict[int, list[tuple[TrainLayout, RLVRTraining]]] = {}
     evaluated = 0
-    scored: list[tuple[float, TrainLayout, RolloutConfig]] = []
+    scored: list[tuple[float, TrainLayout, RolloutWorkload]] = []
     for vtp in tps:
         splits = rollout_gpus or tuple(range(vtp, gpus, vtp))
         for r_gpus in splits:
             if r_gpus % vtp or r_gpus >= gpus:
                 continue
-            cfg = dataclasses.replace(rollout, rollout_gpus=r_gpus, vllm_tp=vtp)
+            vllm = dataclasses.replace(
+                rollout.vllm, vllm_tp=vtp, num_engines=r_gpus // vtp, engine_gpus=r_gpus
+            )
+            cfg = dataclasses.replace(rollout, vllm=vllm)
             mem = rollout_memory(model, cfg, hw)
-            budget = cfg.gpu_memory_utilization * hw.hbm_bytes
+            budget = vllm.gpu_memory_utilization * hw.hbm_bytes
             if mem.concurrent_sequences < 1 or mem.weights + mem.workspace > budget:
                 continue
             gen = generation_time(model, cfg, hw, mem).generation_s
