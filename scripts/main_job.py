@@ -51,21 +51,17 @@ def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list
 
     from megatron_tulu.checkpoint.native import load_checkpoint
     from megatron_tulu.config import ParallelConfig, load_recipe
+    from megatron_tulu.engine.build import build_frozen
     from megatron_tulu.engine.schedule import forward_logits
-    from megatron_tulu.models.llama import BuildOptions, build_model_chunks
     from megatron_tulu.parallel import destroy_parallel, init_parallel
-    from megatron_tulu.stages.rlvr.models import FrozenModel
 
     model = load_recipe(ROOT / "recipes/tulu3-rlvr-tiny-cpu.yaml").model
     dims = ParallelConfig().resolve(1, model)
     init_parallel(dims, seed=0)
     out = []
     try:
-        chunks = build_model_chunks(model, dims, BuildOptions())
-        frozen = FrozenModel(model=model, dims=dims, chunks=chunks, options=BuildOptions())
+        frozen = build_frozen(model=model, dims=dims)
         load_checkpoint(frozen, ckpt, weights_only=True)
-        for c in chunks:
-            c.eval()
         with torch.no_grad():
             for prompt in prompts:
                 ids = list(prompt)
@@ -73,7 +69,7 @@ def native_greedy(ckpt: Path, prompts: list[list[int]], max_new: int, stop: list
                     t = torch.tensor([ids])
                     mb = {"tokens": t, "labels": t, "loss_mask": torch.ones(t.shape),
                           "position_ids": torch.arange(len(ids)).unsqueeze(0)}  # fmt: skip
-                    (logits,) = forward_logits(chunks, dims, [mb], model.vocab_size)
+                    (logits,) = forward_logits(frozen, [mb], model.vocab_size)
                     nxt = int(logits[0, -1].argmax())
                     ids.append(nxt)
                     if nxt in stop:

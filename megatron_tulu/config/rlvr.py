@@ -95,12 +95,6 @@ class RLVRConfig:
     def rollouts_per_step(self) -> int:
         return self.prompts_per_step * self.samples_per_prompt
 
-    @property
-    def prompt_file(self) -> None:
-        """Always None: the key was removed (the prompts are ``data.train_file``). Kept only
-        while megatron_tulu/stages/rlvr/trainer.py still reads it; delete with that branch."""
-        return None
-
 
 @dataclass(kw_only=True)
 class ValueModelConfig:

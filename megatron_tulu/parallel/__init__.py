@@ -40,6 +40,11 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
+    if dims.cp > 1:
+        raise ValueError(
+            f"parallel.cp ({dims.cp}) > 1: context parallelism is not implemented in the "
+            "trainer yet; use cp=1"
+        )
     if dist.get_world_size() != dims.world_size:
         raise ValueError(
             f"the launcher started {dist.get_world_size()} ranks but the layout needs "

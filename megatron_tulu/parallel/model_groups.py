@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 from megatron.core.process_groups_config import ProcessGroupCollection
 
-from megatron_tulu.config import ParallelDims
+from megatron_tulu.config import ParallelConfig, ParallelDims
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,20 +32,17 @@ class ModelGroups:
 
 
 def own_layout_dims(world: int, tp: int, *, micro_batch_size: int, global_batch_size: int):
-    """The dims of a TP ``tp`` x PP 1 x DP ``world // tp`` layout for the given batch sizes."""
-    if tp < 1 or world % tp:
-        raise ValueError(f"helper tp ({tp}) must divide the world size ({world})")
-    dp = world // tp
-    if global_batch_size % (micro_batch_size * dp):
-        raise ValueError(
-            f"the helper layout (tp {tp}, dp {dp}) needs the mini-batch ({global_batch_size} "
-            f"sequences) to be a multiple of micro_batch_size ({micro_batch_size}) x dp ({dp})"
+    """The dims of a TP ``tp`` x PP 1 x DP ``world // tp`` layout for the given batch sizes,
+    validated by :class:`ParallelConfig` (the one set of layout rules)."""
+    try:
+        layout = ParallelConfig(
+            tp=tp, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size
         )
-    return ParallelDims(
-        world_size=world, tp=tp, pp=1, vpp=None, dp=dp, sequence_parallel=False,
-        micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
-        num_microbatches=global_batch_size // (micro_batch_size * dp),
-    )  # fmt: skip
+        return layout.resolve(world)
+    except ValueError as exc:
+        raise ValueError(
+            f"the helper's own layout (value.tp={tp}) on {world} ranks: {exc}"
+        ) from None
 
 
 def build_model_groups(tp: int, *, micro_batch_size: int, global_batch_size: int) -> ModelGroups:

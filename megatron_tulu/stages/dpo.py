@@ -2,7 +2,7 @@
 
 Before the first step the reference log-probs of every pair (chosen and rejected response sums
 under the INITIAL weights -- the SFT checkpoint the run starts from) are computed forward-only
-through the same layout and cached on disk (:mod:`megatron_tulu.stages.dpo_reference`); a
+through the same parallel layout and cached on disk (:mod:`megatron_tulu.stages.dpo_reference`); a
 resumed run reads the cache, since its weights have moved. Each micro-batch holds
 ``micro_batch_size / 2`` pairs, chosen rows then rejected rows, in one forward (so
 ``parallel.micro_batch_size`` and ``global_batch_size`` count sequences, two per pair). With
@@ -52,13 +52,13 @@ KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 @dataclass(kw_only=True)
 class PreferenceBatches:
-    """Pairs -> this DP rank's micro-batches (``layout``: concat or separate), each with the
+    """Pairs -> this DP rank's micro-batches (``pairing``: concat or separate), each with the
     reference log-prob sums of the pairs its rows belong to once ``reference`` is set."""
 
     dataset: PreferenceDataset
     dims: ParallelDims
     seq_length: int
-    layout: str = "concat"
+    pairing: str = "concat"  # dpo.forward: one forward per pair, or two
     reference: torch.Tensor | None = None  # [pairs, 2]
 
     def micro(self, indices: list[int]) -> list[MicroBatch]:
@@ -75,7 +75,7 @@ class PreferenceBatches:
         chosen = {k: getattr(batch, f"chosen_{k}") for k in KEYS}
         rejected = {k: getattr(batch, f"rejected_{k}") for k in KEYS}
         m, n = self.dims.micro_batch_size, self.dims.num_microbatches
-        if self.layout == "separate":
+        if self.pairing == "separate":
             rows = {k: torch.cat([chosen[k], rejected[k]]) for k in KEYS}
             out = slice_rows(rows, m, n)
         else:
@@ -90,7 +90,7 @@ class PreferenceBatches:
     def _pair_slices(self, micro: list[MicroBatch]) -> list[tuple[slice, slice]]:
         """Per micro-batch: which pairs its chosen rows and its rejected rows belong to."""
         slices, start = [], 0
-        if self.layout == "separate":
+        if self.pairing == "separate":
             half = sum(mb["tokens"].shape[0] for mb in micro) // 2
             for mb in micro:
                 n = mb["tokens"].shape[0]
@@ -109,10 +109,10 @@ class PreferenceBatches:
 def attach_pair_coefficients(
     micro: list[MicroBatch], model: Runnable, vocab_size: int, *, beta: float, loss_type: str
 ) -> list[MicroBatch]:
-    """Separate layout (first half of the rows chosen, second half rejected, each micro-batch
+    """Separate pairing (first half of the rows chosen, second half rejected, each micro-batch
     with ``ref_chosen``/``ref_rejected`` of the pairs its rows belong to): runs the policy
     forward-only, then sets each row's ``coef`` and ``report`` in place."""
-    policy = pair_logps(model, micro, vocab_size, layout="separate")
+    policy = pair_logps(model, micro, vocab_size, pairing="separate")
     rows_len = torch.cat([mb["loss_mask"] for mb in micro]).sum(dim=-1)
     half = rows_len.shape[0] // 2
     lengths = torch.stack([rows_len[:half], rows_len[half:]], dim=1)
@@ -163,7 +163,7 @@ class DPOTask:
         return self.batches.micro(self.sampler.rank_batch(consumed // 2))
 
     def before_step(self, engine: Engine, micro: list[MicroBatch]) -> None:
-        if self.batches.layout == "separate":
+        if self.batches.pairing == "separate":
             attach_pair_coefficients(
                 micro, engine, self.vocab_size, beta=self.beta, loss_type=self.loss_type
             )
@@ -180,7 +180,7 @@ class DPOTask:
                 )
             table = compute_reference_logps(
                 engine, self._reference_batches(engine), num_pairs=len(self.batches.dataset),
-                vocab_size=engine.model.vocab_size, layout=self.batches.layout,
+                vocab_size=engine.model.vocab_size, pairing=self.batches.pairing,
             )  # fmt: skip
             self.cache.save(table)
         self.batches.reference = table
@@ -194,14 +194,14 @@ class DPOTask:
             yield torch.tensor(mine), self.batches.micro(mine)
 
 
-def _check_layout(layout: str, dims: ParallelDims) -> None:
-    if layout == "concat" and dims.micro_batch_size % 2:
+def _check_pairing(pairing: str, dims: ParallelDims) -> None:
+    if pairing == "concat" and dims.micro_batch_size % 2:
         raise ValueError(
             f"parallel.micro_batch_size ({dims.micro_batch_size}) must be even for DPO with "
             "dpo.forward=concat: it counts sequences, a chosen and a rejected one per pair; use an "
             "even size or dpo.forward=separate"
         )
-    if layout == "separate" and (dims.micro_batch_size * dims.num_microbatches) % 2:
+    if pairing == "separate" and (dims.micro_batch_size * dims.num_microbatches) % 2:
         raise ValueError(
             f"dpo.forward=separate needs an even number of sequences per data-parallel rank, got "
             f"micro_batch_size {dims.micro_batch_size} x num_microbatches "
@@ -210,8 +210,8 @@ def _check_layout(layout: str, dims: ParallelDims) -> None:
 
 
 def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
-    data, seq, layout = recipe.data, recipe.training.seq_length, recipe.dpo.forward
-    _check_layout(layout, dims)
+    data, seq, pairing = recipe.data, recipe.training.seq_length, recipe.dpo.forward
+    _check_pairing(pairing, dims)
     train_file, tok_path = task_files(recipe, "pref_train.jsonl")
     tokenizer = load_tokenizer(tok_path)
     dataset = PreferenceDataset.from_jsonl(train_file, tokenizer, PreferenceDataConfig(
@@ -225,12 +225,12 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
         dp_rank=ps.get_data_parallel_rank(), dp_size=dims.dp, seed=recipe.training.seed,
     )  # fmt: skip
     vocab, beta, loss_type = recipe.model.vocab_size, recipe.dpo.beta, recipe.dpo.loss_type
-    if layout == "separate":
+    if pairing == "separate":
         loss = partial(dpo_side_loss, vocab_size=vocab)
     else:
         loss = partial(dpo_pair_loss, vocab_size=vocab, beta=beta, loss_type=loss_type)
     return DPOTask(
-        batches=PreferenceBatches(dataset=dataset, dims=dims, seq_length=seq, layout=layout),
+        batches=PreferenceBatches(dataset=dataset, dims=dims, seq_length=seq, pairing=pairing),
         train_file=train_file, sampler=sampler, forward_step=forward_step(loss),
         cache=reference_cache(recipe, train_file), beta=beta, loss_type=loss_type,
         vocab_size=vocab, tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),

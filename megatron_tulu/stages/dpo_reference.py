@@ -26,11 +26,11 @@ from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import Runnable, forward_backward
 from megatron_tulu.losses.logprobs import sequence_logprobs
 
-PAIR_LAYOUTS = ("concat", "separate")
+PAIRINGS = ("concat", "separate")
 
 
 def split_pairs(
-    rows: torch.Tensor, microbatches: Sequence[MicroBatch], layout: str
+    rows: torch.Tensor, microbatches: Sequence[MicroBatch], pairing: str
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) from per-row values in micro-batch order.
 
@@ -38,11 +38,11 @@ def split_pairs(
     ``separate``: the first half of all rows are the chosen sides, the second half the
     rejected sides, in the same pair order (chosen and rejected in different forwards).
     """
-    if layout not in PAIR_LAYOUTS:
-        raise ValueError(f"layout ({layout!r}) must be one of {PAIR_LAYOUTS}")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing ({pairing!r}) must be one of {PAIRINGS}")
     if rows.shape[0] % 2:
         raise ValueError(f"{rows.shape[0]} rows cannot be split into (chosen, rejected) pairs")
-    if layout == "separate":
+    if pairing == "separate":
         half = rows.shape[0] // 2
         return torch.stack([rows[:half], rows[half:]], dim=1)
     out, start = [], 0
@@ -62,14 +62,14 @@ def pair_logps(
     model: Runnable,
     microbatches: Sequence[MicroBatch],
     vocab_size: int,
-    layout: str = "concat",
+    pairing: str = "concat",
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
-    pipeline rank; ``layout`` says where each pair's rows are (see :func:`split_pairs`)."""
+    pipeline rank; ``pairing`` says where each pair's rows are (see :func:`split_pairs`)."""
     step = measure_step("logp", partial(_logp_sums, vocab_size=vocab_size))
     reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
     rows = collect(reports, "logp", model.pg, dtype=torch.float64)
-    return split_pairs(rows, microbatches, layout)
+    return split_pairs(rows, microbatches, pairing)
 
 
 def compute_reference_logps(
@@ -78,14 +78,14 @@ def compute_reference_logps(
     *,
     num_pairs: int,
     vocab_size: int,
-    layout: str = "concat",
+    pairing: str = "concat",
 ) -> torch.Tensor:
     """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
     indices [n], its micro-batches); results of all DP ranks are combined."""
     table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
     dp_group = model.pg.dp
     for indices, microbatches in batches:
-        values = pair_logps(model, microbatches, vocab_size, layout)
+        values = pair_logps(model, microbatches, vocab_size, pairing)
         idx = [torch.empty_like(indices) for _ in range(dp_group.size())]
         val = [torch.empty_like(values) for _ in range(dp_group.size())]
         dist.all_gather(idx, indices.contiguous(), group=dp_group)

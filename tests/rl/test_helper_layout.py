@@ -73,9 +73,9 @@ def test_value_model_own_layout_resumes_exactly(tmp_path, single, value_tp):
 def test_helper_tp_must_divide_the_world():
     from megatron_tulu.parallel.model_groups import own_layout_dims
 
-    with pytest.raises(ValueError, match=r"helper tp \(3\) must divide the world size \(4\)"):
+    with pytest.raises(ValueError, match=r"value.tp=3\) on 4 ranks: world size \(4\)"):
         own_layout_dims(4, 3, micro_batch_size=1, global_batch_size=4)
-    with pytest.raises(ValueError, match="multiple of micro_batch_size"):
+    with pytest.raises(ValueError, match="not divisible by micro_batch_size"):
         own_layout_dims(4, 1, micro_batch_size=2, global_batch_size=4)
     dims = own_layout_dims(4, 2, micro_batch_size=2, global_batch_size=8)
     assert (dims.tp, dims.pp, dims.dp, dims.num_microbatches) == (2, 1, 2, 2)

@@ -68,13 +68,8 @@ class RLSummary:
 
 def _data(recipe: RecipeConfig):
     rl, data = recipe.rlvr, recipe.data
-    if rl.prompt_file:
-        if not data.tokenizer:
-            raise ValueError(f"rlvr.prompt_file ({rl.prompt_file!r}) needs data.tokenizer")
-        train, tok, evalf = rl.prompt_file, data.tokenizer, rl.eval_file
-    else:
-        train, tok = task_files(recipe, "rl_train.jsonl")
-        evalf = rl.eval_file or str(Path(train).parent / "eval.jsonl")
+    train, tok = task_files(recipe, "rl_train.jsonl")  # data.train_file, or the embedded task's
+    evalf = rl.eval_file or str(Path(train).parent / "eval.jsonl")
     tokenizer = load_tokenizer(tok)
     template = get_chat_template(data.chat_template, tokenizer)
     prompts, report = read_rl_prompts(

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from megatron_tulu.config import RecipeConfig
+from megatron_tulu.engine.forward import forward_step, measure_step
+from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import train_step
+from megatron_tulu.losses.logprobs import label_logprobs
+from megatron_tulu.losses.ppo import kl_penalty, policy_loss, value_loss
 from megatron_tulu.stages.rlvr.advantages import (
     explained_variance,
     gae,
     grpo_advantages,
-    kl_penalty,
     masked_whiten,
     sequence_scores,
     token_rewards,
@@ -30,17 +34,23 @@ from megatron_tulu.stages.rlvr.batch import (
     rank_rows,
 )
 from megatron_tulu.stages.rlvr.generation import Rollouts
-from megatron_tulu.stages.rlvr.steps import (
-    policy_train_step,
-    token_logprob_step,
-    value_forward_step,
-    value_train_step,
-)
 
 
 @dataclass(kw_only=True)
 class StepOutcome:
     metrics: dict[str, float]
+
+
+def response_logprobs(
+    batch: MicroBatch, output: torch.Tensor, *, vocab_size: int, temperature: float
+) -> torch.Tensor:
+    """[b, s] log-probs of the response labels at the sampling temperature (0 elsewhere)."""
+    return label_logprobs(output, batch, vocab_size, temperature) * batch["loss_mask"]
+
+
+def response_values(batch: MicroBatch, output: torch.Tensor) -> torch.Tensor:
+    """[b, s] the value model's values at response positions (0 elsewhere)."""
+    return output[..., 0].float() * batch["loss_mask"]
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -61,20 +71,17 @@ def learn(
     vocab = recipe.model.vocab_size
     mask = batch.mask
     t0 = time.perf_counter()
-    old_logp = forward_per_token(
-        policy.chunks, dims, batch, token_logprob_step(vocab, rl.temperature), "token_logp"
+    logp_step = measure_step(
+        "token_logp", partial(response_logprobs, vocab_size=vocab, temperature=rl.temperature)
     )
+    old_logp = forward_per_token(policy, batch, logp_step, "token_logp")
     ref_logp = (
-        forward_per_token(
-            reference.chunks, dims, batch, token_logprob_step(vocab, rl.temperature), "token_logp"
-        )
+        forward_per_token(reference, batch, logp_step, "token_logp")
         if reference is not None
         else old_logp.clone()
     )
     values = (
-        forward_per_token(
-            value.chunks, value.dims, batch, value_forward_step(), "values", pg=value.pg
-        )
+        forward_per_token(value, batch, measure_step("values", response_values), "values")
         if value is not None
         else None
     )
@@ -99,11 +106,11 @@ def learn(
 
     t1 = time.perf_counter()
     n, gbs = batch.num_rows, dims.global_batch_size
-    policy_step = policy_train_step(
-        vocab, clip=rl.clip_ratio, temperature=rl.temperature, kl_beta=rl.kl_beta,
-        kl_estimator="k3" if rl.algorithm == "grpo" else None,
-    )  # fmt: skip
-    value_step = value_train_step(clip=rl.value_clip, coef=rl.value_coef)
+    policy_step = forward_step(partial(
+        policy_loss, vocab_size=vocab, clip=rl.clip_ratio, temperature=rl.temperature,
+        kl_beta=rl.kl_beta, kl_estimator="k3" if rl.algorithm == "grpo" else None,
+    ))  # fmt: skip
+    value_step = forward_step(partial(value_loss, clip=rl.value_clip, coef=rl.value_coef))
     totals = torch.zeros(6, dtype=torch.float64)
     value_totals = torch.zeros(2, dtype=torch.float64)
     grad_norms: list[float] = []
@@ -112,17 +119,15 @@ def learn(
             n, generator=torch.Generator().manual_seed(recipe.training.seed + 7919 * step + epoch)
         )
         for start in range(0, n, gbs):
-            rows = rank_rows(dims, order[start : start + gbs].tolist())
-            micro = micro_batches(batch, rows, dims.micro_batch_size, extra)
+            mini = order[start : start + gbs].tolist()
+            micro = micro_batches(batch, rank_rows(policy, mini), dims.micro_batch_size, extra)
             result = train_step(policy, micro, forward_step=policy_step, report_key="policy")
             totals += torch.tensor(result.totals, dtype=torch.float64)
             if result.grad_norm is not None:
                 grad_norms.append(result.grad_norm)
-            if value is not None:
-                vmicro = micro
-                if value.pg is not None:  # its own layout: its own share of the mini-batch
-                    vrows = rank_rows(value.dims, order[start : start + gbs].tolist(), value.pg)
-                    vmicro = micro_batches(batch, vrows, value.dims.micro_batch_size, extra)
+            if value is not None:  # on its own layout or the trainer's: its own share
+                vrows = rank_rows(value, mini)
+                vmicro = micro_batches(batch, vrows, value.dims.micro_batch_size, extra)
                 vres = train_step(value, vmicro, forward_step=value_step, report_key="value")
                 value_totals += torch.tensor(vres.totals, dtype=torch.float64)
     t_train = time.perf_counter() - t1
