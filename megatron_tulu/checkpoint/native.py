@@ -77,20 +77,19 @@ def _layout(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _model_sharded_state(chunk: torch.nn.Module, pg: Any = None) -> dict[str, Any]:
+def _model_sharded_state(chunk: torch.nn.Module, pg: Any) -> dict[str, Any]:
     """The chunk's sharded state without ``_extra_state`` entries: those carry Transformer
     Engine's FP8 scaling metadata (empty for the local spec and for bf16/fp32 training), and
-    leaving them out keeps checkpoints identical across specs and conversions. ``pg``: a model
-    on its own groups, whose replicas are told apart by its own data-parallel group."""
-    metadata = None if pg is None else {"dp_cp_group": pg.dp_cp}
-    state = chunk.sharded_state_dict(metadata=metadata)
+    leaving them out keeps checkpoints identical across specs and conversions. Replicas are told
+    apart by the model's own data-parallel group (``pg``: the global groups, or a model's own)."""
+    state = chunk.sharded_state_dict(metadata={"dp_cp_group": pg.dp_cp})
     return {k: v for k, v in state.items() if not k.endswith("._extra_state")}
 
 
 def _sharded_state(engine: Engine, *, with_optimizer: bool, is_loading: bool) -> dict:
     chunks = engine.raw_chunks()
     model: dict[str, Any] = {}
-    pg = getattr(engine, "pg", None)
+    pg = engine.pg
     if len(chunks) == 1:
         model["model"] = _model_sharded_state(chunks[0], pg)
     else:
