@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 
 from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.preference import PreferenceDataConfig, PreferenceDataset
@@ -36,7 +34,12 @@ from megatron_tulu.engine.forward import ForwardStep, forward_step
 from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
 from megatron_tulu.engine.schedule import Runnable
 from megatron_tulu.losses.dpo import dpo_pair_loss, dpo_side_loss, pair_loss_coefficients
-from megatron_tulu.stages.data_files import task_files, tokenizer_ref
+from megatron_tulu.stages.data_files import (
+    data_options,
+    stage_sampler,
+    task_files,
+    tokenizer_ref,
+)
 from megatron_tulu.stages.dpo_reference import (
     ReferenceLogpCache,
     cache_key,
@@ -214,15 +217,12 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
     _check_pairing(pairing, dims)
     train_file, tok_path = task_files(recipe, "pref_train.jsonl")
     tokenizer = load_tokenizer(tok_path)
-    dataset = PreferenceDataset.from_jsonl(train_file, tokenizer, PreferenceDataConfig(
-        chat_template=data.chat_template, max_length=min(data.max_length, seq + 1),
-        too_long=data.too_long, bad_rows=data.bad_rows,
-    ))  # fmt: skip
-    if dist.get_rank() == 0:
-        print(f"DPO data {train_file}: {dataset.report.summary()}", flush=True)
-    sampler = ShardedSampler(
+    dataset = PreferenceDataset.from_jsonl(
+        train_file, tokenizer, PreferenceDataConfig(**data_options(recipe))
+    )
+    sampler = stage_sampler(
+        recipe, dims, what="DPO", path=train_file, report=dataset.report,
         num_samples=len(dataset), global_batch_size=dims.global_batch_size // 2,
-        dp_rank=ps.get_data_parallel_rank(), dp_size=dims.dp, seed=recipe.training.seed,
     )  # fmt: skip
     vocab, beta, loss_type = recipe.model.vocab_size, recipe.dpo.beta, recipe.dpo.loss_type
     if pairing == "separate":

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
-
 from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.batching import SFTBatch, packed_attention_mask
 from megatron_tulu.data.packing import PackedSFTDataset
@@ -26,7 +23,12 @@ from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.engine.forward import ForwardStep, forward_step
 from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
 from megatron_tulu.losses.sft import sft_loss
-from megatron_tulu.stages.data_files import task_files, tokenizer_ref
+from megatron_tulu.stages.data_files import (
+    data_options,
+    stage_sampler,
+    task_files,
+    tokenizer_ref,
+)
 from megatron_tulu.stages.loop import StageContext
 from megatron_tulu.stages.supervised import SupervisedStage, TaskDefaults
 
@@ -71,16 +73,11 @@ def sft_task(recipe: RecipeConfig, dims: ParallelDims) -> SFTTask:
             f"data.max_length ({data.max_length}) exceeds training.seq_length + 1 ({seq + 1}) "
             "with data.pack=false: lower data.max_length or raise training.seq_length"
         )
-    dataset = SFTDataset.from_jsonl(train_file, tokenizer, SFTDataConfig(
-        chat_template=data.chat_template, max_length=min(data.max_length, seq + 1),
-        too_long=data.too_long, bad_rows=data.bad_rows,
-    ))  # fmt: skip
-    if dist.get_rank() == 0:
-        print(f"SFT data {train_file}: {dataset.report.summary()}", flush=True)
+    dataset = SFTDataset.from_jsonl(train_file, tokenizer, SFTDataConfig(**data_options(recipe)))
     rows = PackedSFTDataset(dataset, seq_length=seq) if data.pack else dataset
-    sampler = ShardedSampler(
+    sampler = stage_sampler(
+        recipe, dims, what="SFT", path=train_file, report=dataset.report,
         num_samples=len(rows), global_batch_size=dims.global_batch_size,
-        dp_rank=ps.get_data_parallel_rank(), dp_size=dims.dp, seed=recipe.training.seed,
     )  # fmt: skip
     loss = partial(sft_loss, vocab_size=recipe.model.vocab_size, reduction=data.loss_reduction)
     return SFTTask(
