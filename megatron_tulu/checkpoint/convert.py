@@ -4,7 +4,13 @@ Both directions hold one layer at a time (plus, when writing HF, at most one out
 ``max_shard_bytes``), so a 405B conversion fits on an ordinary node. Output is written into a
 temporary directory and renamed into place only when complete: a failed conversion leaves
 nothing that looks like a valid checkpoint. The tensor layouts come from
-:mod:`megatron_tulu.models.hf_mapping` (the one mapping table).
+:mod:`megatron_tulu.models.hf_mapping` (the one mapping table), the parameters and their order
+from :mod:`megatron_tulu.models.hf_walk`'s whole-model walk (:func:`iter_model_mappings`,
+:func:`layer_mappings`). The chunk walk (``iter_hf_params``) and its TP load/gather helpers do
+not apply here: a native checkpoint holds each parameter as one whole tensor under its checkpoint
+key (layers stacked), not as live TP-sharded chunks, so conversion maps whole tensors
+(``hf_to_local`` with ``tp=1``, ``local_to_hf`` of one shard) and reads/writes one layer slice
+at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +44,12 @@ from megatron_tulu.models.hf_io import (
 )
 from megatron_tulu.models.hf_mapping import (
     GLOBAL_PARAM_NAMES,
-    LAYER_PARAM_SUFFIXES,
-    checkpoint_key,
-    expected_hf_shapes,
+    ParamMapping,
     hf_to_local,
     local_to_hf,
     map_param,
 )
+from megatron_tulu.models.hf_walk import iter_model_mappings, layer_mappings
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -54,6 +60,7 @@ TOKENIZER_FILES = (
 )
 TOKENIZER_DIR = "tokenizer"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}
+EMBEDDING = GLOBAL_PARAM_NAMES[0]
 
 
 @contextlib.contextmanager
@@ -83,15 +90,15 @@ def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
         )
 
 
-def _hf_layer_tensors(reader: HFTensorReader, model: ModelConfig, layer: int, dtype):
-    """{checkpoint key: full (tp=1) megatron tensor} for one layer."""
-    out = {}
-    for suffix in LAYER_PARAM_SUFFIXES:
-        mapping = map_param(f"decoder.layers.{layer}.{suffix}")
-        tensors = [reader.get(n) for n in mapping.hf_names]
-        full = hf_to_local(mapping, tensors, model=model, tp=1, tp_rank=0)
-        out[checkpoint_key(suffix)] = full if dtype is None else full.to(dtype)
-    return out
+def _hf_to_full(
+    reader: HFTensorReader, model: ModelConfig, mapping: ParamMapping, *, tp: int, dtype
+) -> torch.Tensor:
+    """The whole (unsplit) megatron tensor of ``mapping`` for a TP-``tp`` layout: the TP-1
+    tensor, with a vocabulary padded for ``tp``."""
+    tensors = [reader.get(n) for n in mapping.hf_names]
+    padded = model.padded_vocab_size(tp)
+    full = hf_to_local(mapping, tensors, model=model, tp=1, tp_rank=0, padded_vocab_size=padded)
+    return full if dtype is None else full.to(dtype)
 
 
 def hf_to_native(
@@ -120,22 +127,12 @@ def hf_to_native(
     with _staged_output(root, "convert") as tmp_root:
         step_dir = tmp_root / step_dir_name(0)
         writer = StreamingCheckpointWriter(step_dir / MODEL_OPTIM, num_layers=model.num_layers)
+        to_full = partial(_hf_to_full, reader, model, tp=tp, dtype=cast)
         for layer in range(model.num_layers):
-            writer.write_layer(layer, _hf_layer_tensors(reader, model, layer, cast))
+            writer.write_layer(layer, {m.checkpoint_key: to_full(m) for m in layer_mappings(layer)})
         for name in GLOBAL_PARAM_NAMES:  # one piece each: at most one big tensor held
             mapping = map_param(name)
-            full = reader.get(mapping.hf_names[0])
-            (shape,) = expected_hf_shapes(model, mapping)
-            if tuple(full.shape) != shape:
-                raise ValueError(
-                    f"Hugging Face tensor {mapping.hf_names[0]!r} has shape "
-                    f"{tuple(full.shape)}, expected {shape} for this model config"
-                )
-            if mapping.kind == "vocab":  # pad with zero rows, once
-                pad = model.padded_vocab_size(tp) - full.shape[0]
-                full = torch.cat([full, full.new_zeros(pad, full.shape[1])]) if pad else full
-            writer.write_global({checkpoint_key(name): full if cast is None else full.to(cast)})
-            del full
+            writer.write_global({mapping.checkpoint_key: to_full(mapping)})
         writer.finalize()
         tok_files = [f for f in TOKENIZER_FILES if (Path(hf_dir) / f).is_file()]
         if tok_files:
@@ -278,31 +275,13 @@ def native_to_hf(
             shape = tuple(info.size)[1:] if layer is not None else tuple(info.size)
             return _load_piece(ckpt, key, shape, info.properties.dtype, layer)
 
-        for name in ("embedding.word_embeddings.weight",):
-            mapping = map_param(name)
-            full = piece(checkpoint_key(name), None)
-            if full.shape[0] != padded:
+        for mapping in iter_model_mappings(model.num_layers):
+            full = piece(mapping.checkpoint_key, mapping.layer)
+            if mapping.megatron_name == EMBEDDING and full.shape[0] != padded:
                 raise ValueError(
-                    f"{ckpt}: {name} has {full.shape[0]} rows, meta.json "
+                    f"{ckpt}: {EMBEDDING} has {full.shape[0]} rows, meta.json "
                     f"says the padded vocabulary is {padded}"
                 )
-            add(dict(zip(mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True)))
-        for layer in range(model.num_layers):
-            for suffix in LAYER_PARAM_SUFFIXES:
-                mapping = map_param(f"decoder.layers.{layer}.{suffix}")
-                full = piece(checkpoint_key(suffix), layer)
-                add(
-                    dict(
-                        zip(
-                            mapping.hf_names,
-                            local_to_hf(mapping, [full], model=model),
-                            strict=True,
-                        )
-                    )
-                )
-        for name in ("decoder.final_layernorm.weight", "output_layer.weight"):
-            mapping = map_param(name)
-            full = piece(checkpoint_key(name), None)
             add(dict(zip(mapping.hf_names, local_to_hf(mapping, [full], model=model), strict=True)))
         flush()
         _write_hf_metadata(tmp, files, model, meta, step_dir)

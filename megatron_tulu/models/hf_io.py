@@ -14,7 +14,12 @@ import torch
 from safetensors import safe_open
 
 from megatron_tulu.config import ModelConfig
-from megatron_tulu.models.hf_mapping import hf_to_local, local_to_hf, map_param
+from megatron_tulu.models.hf_walk import (
+    HFParam,
+    gather_hf_tensors,
+    iter_hf_params,
+    load_hf_params,
+)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -128,37 +133,26 @@ class HFTensorReader:
             raise ValueError(f"{path}: cannot read tensor {name!r}: {exc}") from exc
 
 
-def _layer_numbers(chunk: torch.nn.Module) -> list[int]:
-    decoder = getattr(chunk, "decoder", None)
-    return [layer.layer_number for layer in decoder.layers] if decoder is not None else []
-
-
 @torch.no_grad()
 def load_hf_weights(
     chunks: list[torch.nn.Module], hf_dir: str | Path, *, model: ModelConfig, tp: int, tp_rank: int
 ) -> int:
     """Copies HF weights into this rank's chunks (any TP/PP/VPP layout); returns tensors set."""
-    reader = HFTensorReader(hf_dir)
-    count = 0
-    for chunk in chunks:
-        numbers = _layer_numbers(chunk)
-        for name, param in chunk.named_parameters():
-            mapping = map_param(name, numbers)
-            local = hf_to_local(
-                mapping,
-                [reader.get(n) for n in mapping.hf_names],
-                model=model,
-                tp=tp,
-                tp_rank=tp_rank,
-            )
-            if local.shape != param.shape:
-                raise ValueError(
-                    f"{name}: built shard shape {tuple(local.shape)} != parameter shape "
-                    f"{tuple(param.shape)} (tp={tp}, rank {tp_rank})"
-                )
-            param.copy_(local.to(param.dtype))
-            count += 1
-    return count
+
+    def shape_error(item: HFParam, shape: tuple[int, ...]) -> str:
+        return (
+            f"{item.name}: built shard shape {shape} != parameter shape "
+            f"{tuple(item.param.shape)} (tp={tp}, rank {tp_rank})"
+        )
+
+    return load_hf_params(
+        iter_hf_params(chunks),
+        HFTensorReader(hf_dir).get,
+        model=model,
+        tp=tp,
+        tp_rank=tp_rank,
+        shape_error=shape_error,
+    )
 
 
 @torch.no_grad()
@@ -173,19 +167,10 @@ def gather_hf_state_dict(
     from megatron.core import parallel_state as ps
 
     tp_group = ps.get_tensor_model_parallel_group()
-    tp = ps.get_tensor_model_parallel_world_size()
     mine: dict[str, torch.Tensor] = {}
-    for chunk in chunks:
-        numbers = _layer_numbers(chunk)
-        for name, param in chunk.named_parameters():
-            mapping = map_param(name, numbers)
-            data = param.detach().contiguous()
-            shards = [torch.empty_like(data) for _ in range(tp)]
-            dist.all_gather(shards, data, group=tp_group)
-            for hf_name, tensor in zip(
-                mapping.hf_names, local_to_hf(mapping, shards, model=model), strict=True
-            ):
-                mine[hf_name] = tensor.clone()
+    for item in iter_hf_params(chunks):
+        for hf_name, tensor in gather_hf_tensors(item, model=model, tp_group=tp_group) or []:
+            mine[hf_name] = tensor.clone()
     pp = ps.get_pipeline_model_parallel_world_size()
     if pp == 1:
         return mine

@@ -1,7 +1,8 @@
 """The one mapping between Hugging Face Llama tensors and megatron-core GPTModel parameters.
 
 Every other place (in-process HF loading, gathering weights for export, checkpoint conversion,
-pushing weights to vLLM) goes through this table and these pure functions.
+pushing weights to vLLM) goes through this table and these pure functions, walking the model's
+parameters with :mod:`megatron_tulu.models.hf_walk`.
 
 megatron-core name (local spec; TE spec name in brackets)  ->  HF name(s)  [kind]
 
@@ -72,6 +73,13 @@ class ParamMapping:
     megatron_name: str
     kind: str  # "vocab" | "norm" | "qkv" | "row" | "fc1"
     hf_names: tuple[str, ...]
+    layer: int | None = None  # global 0-based layer index (``model.layers.{layer}``); None: global
+
+    @property
+    def checkpoint_key(self) -> str:
+        """The native checkpoint key of this parameter (see :func:`checkpoint_key`)."""
+        match = _LAYER.match(self.megatron_name)
+        return checkpoint_key(match.group(2) if match else self.megatron_name)
 
 
 def map_param(name: str, layer_numbers: list[int] | None = None) -> ParamMapping:
@@ -89,7 +97,7 @@ def map_param(name: str, layer_numbers: list[int] | None = None) -> ParamMapping
         global_index = layer_numbers[local_index] - 1 if layer_numbers else local_index
         kind, suffixes = _LAYER_TABLE[match.group(2)]
         hf = tuple(f"model.layers.{global_index}.{s}" for s in suffixes)
-        return ParamMapping(megatron_name=name, kind=kind, hf_names=hf)
+        return ParamMapping(megatron_name=name, kind=kind, hf_names=hf, layer=global_index)
     raise KeyError(f"megatron parameter {name!r} has no Hugging Face mapping")
 
 
@@ -157,8 +165,14 @@ def hf_to_local(
     model: ModelConfig,
     tp: int,
     tp_rank: int,
+    padded_vocab_size: int | None = None,
 ) -> torch.Tensor:
-    """The TP-rank-local megatron tensor from the HF tensors (``mapping.hf_names`` order)."""
+    """The TP-rank-local megatron tensor from the HF tensors (``mapping.hf_names`` order).
+
+    ``padded_vocab_size``: the rows a vocabulary tensor is padded to before the split (default
+    ``model.padded_vocab_size(tp)``; a conversion writing one unsplit tensor for a TP layout
+    passes that layout's padding with ``tp=1``).
+    """
     for hf_name, tensor, shape in zip(
         mapping.hf_names, hf_tensors, expected_hf_shapes(model, mapping), strict=True
     ):
@@ -168,7 +182,7 @@ def hf_to_local(
         return hf_tensors[0]
     if kind == "vocab":
         full = hf_tensors[0]
-        padded = model.padded_vocab_size(tp)
+        padded = model.padded_vocab_size(tp) if padded_vocab_size is None else padded_vocab_size
         if padded > full.shape[0]:
             pad = full.new_zeros(padded - full.shape[0], full.shape[1])
             full = torch.cat([full, pad], dim=0)

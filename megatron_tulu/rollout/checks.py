@@ -8,24 +8,14 @@ that vLLM's ``load_weights`` rejects half-way leaves a layer half-loaded).
 from __future__ import annotations
 
 from megatron_tulu.config import ModelConfig
-from megatron_tulu.models.hf_mapping import (
-    GLOBAL_PARAM_NAMES,
-    LAYER_PARAM_SUFFIXES,
-    expected_hf_shapes,
-    map_param,
-)
+from megatron_tulu.models.hf_mapping import expected_hf_shapes
+from megatron_tulu.models.hf_walk import iter_model_mappings
 
 
 def hf_tensor_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     """{HF tensor name: shape} of every weight of ``model``, in checkpoint order."""
-    names = [
-        "embedding.word_embeddings.weight",
-        *(f"decoder.layers.{i}.{s}" for i in range(model.num_layers) for s in LAYER_PARAM_SUFFIXES),
-        *(n for n in GLOBAL_PARAM_NAMES if n != "embedding.word_embeddings.weight"),
-    ]
     table: dict[str, tuple[int, ...]] = {}
-    for name in names:
-        mapping = map_param(name)
+    for mapping in iter_model_mappings(model.num_layers):
         for hf_name, shape in zip(
             mapping.hf_names, expected_hf_shapes(model, mapping), strict=True
         ):

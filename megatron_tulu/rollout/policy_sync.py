@@ -7,8 +7,8 @@ same parameters after a step); other DP ranks only learn the outcome. The model 
 global order -- so no rank ever holds more than one layer beyond its own shard:
 
 - the unit's pipeline stage gathers each parameter's TP shards onto its TP rank 0
-  (``dist.gather``) and renames/re-lays them out as Hugging Face tensors
-  (:mod:`megatron_tulu.models.hf_mapping`);
+  (``dist.gather``) and renames/re-lays them out as Hugging Face tensors (the parameters and
+  their order come from :mod:`megatron_tulu.models.hf_walk`);
 - a stage other than the first sends them point-to-point to global rank 0 over the pipeline
   group (the receiver learns names and shapes once, from a small plan exchanged at the start);
 - global rank 0 hands each tensor to :meth:`RolloutEngine.push_weights`, which casts it to the
@@ -28,12 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from megatron_tulu.config import ModelConfig
-from megatron_tulu.models.hf_mapping import (
-    ParamMapping,
-    expected_hf_shapes,
-    local_to_hf,
-    map_param,
-)
+from megatron_tulu.models.hf_mapping import expected_hf_shapes
+from megatron_tulu.models.hf_walk import HFParam, gather_hf_tensors, iter_hf_params, unit_index
 from megatron_tulu.rollout.types import (
     RolloutEngineDied,
     RolloutError,
@@ -44,52 +40,21 @@ from megatron_tulu.rollout.types import (
 if TYPE_CHECKING:
     from megatron_tulu.rollout.engine import RolloutEngine
 
-_Unit = list[tuple[torch.nn.Parameter, ParamMapping]]
+_Unit = list[HFParam]  # one unit's parameters on this rank, in walking order
 _ERRORS: dict[str, type[RolloutError]] = {
     "RolloutEngineDied": RolloutEngineDied,
     "WeightSyncError": WeightSyncError,
 }
 
 
-def _unit_key(mapping: ParamMapping, num_layers: int) -> int:
-    """Global streaming order: embedding 0, layer i -> 1 + i, final norm, output layer."""
-    first = mapping.hf_names[0]
-    if first.startswith("model.layers."):
-        return 1 + int(first.split(".")[2])
-    return {"model.embed_tokens.weight": 0, "model.norm.weight": num_layers + 1}.get(
-        first, num_layers + 2
-    )
-
-
-def _local_units(chunks: list[torch.nn.Module], model: ModelConfig) -> dict[int, _Unit]:
-    """This rank's parameters grouped by unit (named_parameters order inside a unit)."""
-    units: dict[int, _Unit] = {}
-    for chunk in chunks:
-        decoder = getattr(chunk, "decoder", None)
-        numbers = [layer.layer_number for layer in decoder.layers] if decoder is not None else []
-        for name, param in chunk.named_parameters():
-            mapping = map_param(name, numbers)
-            units.setdefault(_unit_key(mapping, model.num_layers), []).append((param, mapping))
-    return dict(sorted(units.items()))
-
-
-def _gather_to_hf(
-    unit: _Unit, *, model: ModelConfig, tp: int, tp_rank: int, tp_group: Any, tp_root: int
+def _gather_unit(
+    unit: _Unit, *, model: ModelConfig, tp_rank: int, tp_group: Any, tp_root: int
 ) -> list[torch.Tensor] | None:
     """HF tensors of one unit on TP rank 0 (None on the other TP ranks)."""
-    import torch.distributed as dist
-
     out: list[torch.Tensor] = []
-    for param, mapping in unit:
-        data = param.detach().contiguous()
-        if tp == 1:
-            shards = [data]
-        else:
-            shards = [torch.empty_like(data) for _ in range(tp)] if tp_rank == 0 else None
-            dist.gather(data, shards, dst=tp_root, group=tp_group)
-        if tp_rank == 0:
-            assert shards is not None
-            out.extend(t.contiguous() for t in local_to_hf(mapping, shards, model=model))
+    for item in unit:
+        pairs = gather_hf_tensors(item, model=model, tp_group=tp_group, dst=tp_root)
+        out.extend(tensor.contiguous() for _, tensor in pairs or [])
     return out if tp_rank == 0 else None
 
 
@@ -105,17 +70,17 @@ def stream_policy_hf_weights(
 
     if ps.get_data_parallel_rank() != 0:
         return
-    tp = ps.get_tensor_model_parallel_world_size()
     tp_rank = ps.get_tensor_model_parallel_rank()
     tp_group = ps.get_tensor_model_parallel_group()
     tp_root = dist.get_process_group_ranks(tp_group)[0]
     pp_group = ps.get_pipeline_model_parallel_group()
     pp_ranks = dist.get_process_group_ranks(pp_group)
     pp_rank = ps.get_pipeline_model_parallel_rank()
-    units = _local_units(chunks, model)
-    gather = partial(
-        _gather_to_hf, model=model, tp=tp, tp_rank=tp_rank, tp_group=tp_group, tp_root=tp_root
-    )
+    units: dict[int, _Unit] = {}
+    for item in iter_hf_params(chunks):
+        units.setdefault(unit_index(item.mapping, model.num_layers), []).append(item)
+    units = dict(sorted(units.items()))
+    gather = partial(_gather_unit, model=model, tp_rank=tp_rank, tp_group=tp_group, tp_root=tp_root)
     root = dist.get_rank() == 0
 
     # Rank 0 learns which stage owns which unit, with names, shapes and dtype (TP rank 0 only).
@@ -124,14 +89,14 @@ def stream_policy_hf_weights(
         mine = {
             key: [
                 (hf_name, shape)
-                for _, mapping in unit
+                for item in unit
                 for hf_name, shape in zip(
-                    mapping.hf_names, expected_hf_shapes(model, mapping), strict=True
+                    item.mapping.hf_names, expected_hf_shapes(model, item.mapping), strict=True
                 )
             ]
             for key, unit in units.items()
         }
-        dtype = next(iter(units.values()))[0][0].dtype if units else None
+        dtype = next(iter(units.values()))[0].param.dtype if units else None
         if len(pp_ranks) > 1:
             dist.all_gather_object(plans, (mine, dtype), group=pp_group)
         else:
@@ -146,7 +111,7 @@ def stream_policy_hf_weights(
         return
 
     owners = sorted((key, stage) for stage, (plan, _) in enumerate(plans) for key in plan)
-    device = next(p for unit in units.values() for p, _ in unit).device
+    device = next(item.param for unit in units.values() for item in unit).device
     for key, stage in owners:
         plan, dtype = plans[stage]
         if stage == pp_rank:

@@ -22,8 +22,8 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_tulu.config import ModelConfig
-from megatron_tulu.models.hf_io import HFTensorReader, _layer_numbers
-from megatron_tulu.models.hf_mapping import hf_to_local, map_param
+from megatron_tulu.models.hf_io import HFTensorReader
+from megatron_tulu.models.hf_walk import HFParam, iter_hf_params, load_hf_params
 
 VALUE_HEAD = "output_layer"
 
@@ -67,24 +67,19 @@ def load_value_body(
     ``model`` is the value model's config; the HF checkpoint must have the same width, and at
     least as many layers (a deeper checkpoint gives its first ``num_layers`` layers).
     """
-    reader = HFTensorReader(hf_dir)
-    count = 0
-    for chunk in chunks:
-        numbers = _layer_numbers(chunk)
-        for name, param in chunk.named_parameters():
-            if name.startswith(VALUE_HEAD):
-                continue
-            mapping = map_param(name, numbers)
-            local = hf_to_local(
-                mapping, [reader.get(n) for n in mapping.hf_names], model=model, tp=tp,
-                tp_rank=tp_rank,
-            )  # fmt: skip
-            if local.shape != param.shape:
-                raise ValueError(
-                    f"value model {name}: checkpoint {hf_dir} gives shape {tuple(local.shape)}, "
-                    f"the value model needs {tuple(param.shape)}: give value.preset / "
-                    "value.num_layers matching that checkpoint"
-                )
-            param.copy_(local.to(param.dtype))
-            count += 1
-    return count
+
+    def shape_error(item: HFParam, shape: tuple[int, ...]) -> str:
+        return (
+            f"value model {item.name}: checkpoint {hf_dir} gives shape {shape}, the value "
+            f"model needs {tuple(item.param.shape)}: give value.preset / value.num_layers "
+            "matching that checkpoint"
+        )
+
+    return load_hf_params(
+        iter_hf_params(chunks, skip=(VALUE_HEAD,)),
+        HFTensorReader(hf_dir).get,
+        model=model,
+        tp=tp,
+        tp_rank=tp_rank,
+        shape_error=shape_error,
+    )
