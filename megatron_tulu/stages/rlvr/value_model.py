@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 
@@ -31,11 +30,11 @@ VALUE_HEAD = "output_layer"
 class ValueHead(torch.nn.Module):
     """Drop-in for GPTModel's output layer: hidden [s, b, h] -> values [s, b, 1] (fp32)."""
 
-    def __init__(self, hidden_size: int, *, sequence_parallel: bool, tp_group=None) -> None:
+    def __init__(self, hidden_size: int, *, sequence_parallel: bool, tp_group) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1, hidden_size))
         self.sequence_parallel = sequence_parallel
-        self.tp_group = tp_group  # None: the global (trainer) TP group
+        self.tp_group = tp_group  # the model's TP group (global, or the helper's own)
 
     def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
         if self.sequence_parallel:
@@ -43,7 +42,7 @@ class ValueHead(torch.nn.Module):
             # gradient back to the sequence shards, not sum it over the TP ranks.
             hidden = gather_from_sequence_parallel_region(
                 hidden, tensor_parallel_output_grad=False,
-                group=self.tp_group or ps.get_tensor_model_parallel_group(),
+                group=self.tp_group,
             )  # fmt: skip
         return hidden.float() @ self.weight.float().t(), None
 
