@@ -11,7 +11,7 @@ from megatron_tulu.data.chat_templates import get_chat_template
 from megatron_tulu.data.rows import BadRowError
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.stages.rlvr.prompts import TOO_LONG, read_rl_prompts
-from megatron_tulu.stages.rlvr.stage import step_prompts
+from megatron_tulu.stages.rlvr.stage import prompt_stream, step_prompts
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,13 @@ def test_row_without_ground_truth_names_the_row(tmp_path, template):
 
 def test_step_prompts_depend_on_the_step_only():
     items = list(range(10))
-    a = [step_prompts(items, s, 4, seed=1) for s in (1, 2, 3)]
-    assert a == [step_prompts(items, s, 4, seed=1) for s in (1, 2, 3)]
+    a = [step_prompts(items, prompt_stream(10, 4, seed=1), s) for s in (1, 2, 3)]
+    fresh = prompt_stream(10, 4, seed=1)  # a new stream (a resumed run) gives the same steps
+    assert a == [step_prompts(items, fresh, s) for s in (3, 2, 1)][::-1]
     assert sorted(a[0] + a[1] + a[2][:2]) == items  # one pass covers every prompt once
-    assert a[0] != step_prompts(items, 1, 4, seed=2)
+    assert a[0] != step_prompts(items, prompt_stream(10, 4, seed=2), 1)
+    # the stream is the sampler every stage reads: the same order as SFT's for the same seed
+    from megatron_tulu.data.sampler import ShardedSampler
+
+    same = ShardedSampler(num_samples=10, global_batch_size=4, seed=1)
+    assert a[1] == [items[i] for i in same.global_batch(4)]

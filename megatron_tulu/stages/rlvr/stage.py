@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from megatron_tulu.checkpoint.native import load_checkpoint, save_checkpoint
 from megatron_tulu.config import RecipeConfig, recipe_to_dict
 from megatron_tulu.data.chat_templates import get_chat_template
+from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.models.llama import BuildOptions
 from megatron_tulu.rollout.policy_sync import push_policy_weights
@@ -87,17 +87,17 @@ def _data(recipe: RecipeConfig):
     return tokenizer, stop_token_ids(tokenizer, template), prompts, eval_prompts, ref
 
 
-def step_prompts(prompts: list[RLPrompt], step: int, per_step: int, seed: int) -> list[RLPrompt]:
-    """The prompts of RL step ``step`` (1-based): consecutive slices of a seeded permutation per
-    pass over the data, so the position is a function of the step alone (exact resume)."""
-    n = len(prompts)
-    start = (step - 1) * per_step
-    out = []
-    for k in range(start, start + per_step):
-        epoch, i = divmod(k, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        out.append(prompts[int(order[i])])
-    return out
+def prompt_stream(num_prompts: int, per_step: int, seed: int) -> ShardedSampler:
+    """The RL prompts as the data stream every stage reads (:class:`ShardedSampler`: a seeded
+    permutation per pass over the data); rank 0 draws whole steps from it."""
+    return ShardedSampler(num_samples=num_prompts, global_batch_size=per_step, seed=seed)
+
+
+def step_prompts(prompts: list[RLPrompt], stream: ShardedSampler, step: int) -> list[RLPrompt]:
+    """The prompts of RL step ``step`` (1-based): the stream's global batch at position
+    ``(step - 1) * per_step``, so the position is a function of the step alone (exact resume)."""
+    start = (step - 1) * stream.global_batch_size
+    return [prompts[i] for i in stream.global_batch(start)]
 
 
 class RLVRStage:
@@ -134,6 +134,7 @@ class RLVRStage:
         self.value = build_value(recipe, dims, options) if self.ppo else None
         self.reference = build_reference(recipe, dims, options) if self.rl.kl_beta > 0 else None
         self.tokenizer, self.stop_ids, self.prompts, self.eval_prompts, self.tok_ref = _data(recipe)
+        self.stream = prompt_stream(len(self.prompts), self.rl.prompts_per_step, t.seed)
         first = 1
         if resume_step is not None:
             info = load_checkpoint(self.policy, self.root / "policy", step=resume_step)
@@ -178,11 +179,10 @@ class RLVRStage:
         if gen.has_pending(step):
             payload = gen.wait()
         else:
-            payload = gen.now(step_prompts(self.prompts, step, rl.prompts_per_step, t.seed),
-                              step, self.version)  # fmt: skip
+            payload = gen.now(step_prompts(self.prompts, self.stream, step), step, self.version)
         if rl.asynchronous and step < t.train_steps and not isinstance(payload, BaseException):
             # the next step's samples, with these weights, while this step trains
-            nxt = step_prompts(self.prompts, step + 1, rl.prompts_per_step, t.seed)
+            nxt = step_prompts(self.prompts, self.stream, step + 1)
             gen.start(nxt, step + 1, self.version)
         return payload
 
