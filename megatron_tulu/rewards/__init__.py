@@ -3,12 +3,14 @@
 Registered verifiers: "gsm8k" (final number), "math" (flex answer extraction, string/numeric/
 symbolic equivalence with a hard time limit), "ifeval" (verifiable instruction constraints).
 A verifier never raises on model output; malformed ground truth raises ``GroundTruthError``.
+Each verdict carries a prose ``reason`` and a machine-readable ``code`` (an ``Outcome``).
 """
 
 from megatron_tulu.rewards.base import (
     DEFAULT_TIMEOUT_S,
     MAX_OUTPUT_CHARS,
     GroundTruthError,
+    Outcome,
     Verifier,
     VerifierResult,
     available_verifiers,
@@ -28,6 +30,7 @@ __all__ = [
     "GroundTruthError",
     "IFEvalVerifier",
     "MathVerifier",
+    "Outcome",
     "SymbolicChecker",
     "Verifier",
     "VerifierResult",

@@ -3,9 +3,12 @@
 A verifier judges one model output against one ground truth:
 ``verifier(output, ground_truth) -> VerifierResult``. Two kinds of bad input are kept apart:
 
-- Model output is untrusted. A verifier never raises on it: an exception inside the check
-  becomes ``correct=False`` with ``reason="error: <ExceptionType>"``, an output longer than
+- Model output is untrusted. A verifier never raises on it: an output longer than
   ``max_output_chars`` is refused without being read, and a non-``str`` output is refused.
+  As a last line of defence, an exception inside the check becomes ``correct=False`` with
+  ``code=Outcome.INTERNAL_ERROR`` and ``reason="internal error: <ExceptionType>"`` (logged once
+  per verifier and exception type). That is a verifier bug, never a verdict on the output: the
+  tests assert that no hostile input reaches it.
   Each check runs in bounded time: the in-process checks (gsm8k, ifeval, extraction and
   normalisation for math) are linear in the output length (no regex with nested or
   overlapping quantifiers over unbounded text), and the only super-linear step, math's
@@ -17,10 +20,12 @@ A verifier judges one model output against one ground truth:
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 # The bound on one symbolic comparison (math verifier), in seconds.
@@ -31,6 +36,28 @@ MAX_OUTPUT_CHARS = 1 << 20
 MAX_EXTRACTED_CHARS = 200
 
 T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """What a verdict rests on, machine-readable (``VerifierResult.code``).
+
+    MATCH: correct (ifeval: every constraint holds). MISMATCH: an answer was found and judged
+    wrong (ifeval: a constraint fails). NO_ANSWER: nothing to judge (no answer found, an empty
+    one, a blank response). REFUSED: not read (not a str; the output or its answer too long).
+    UNDECIDED: equivalence not decided (too big for the symbolic check, the checker unavailable
+    or failing on this input). TIMEOUT: the symbolic check ran out of time. UNDECIDED and
+    TIMEOUT count as wrong. INTERNAL_ERROR: the catch-all fired, i.e. a verifier bug, never a
+    verdict on the output.
+    """
+
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    NO_ANSWER = "no_answer"
+    REFUSED = "refused"
+    UNDECIDED = "undecided"
+    TIMEOUT = "timeout"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
@@ -41,14 +68,16 @@ class VerifierResult:
     ``score``: 1.0/0.0 for exact verifiers; for ifeval the fraction of constraints satisfied.
     ``extracted``: the answer found in the output, cut to ``MAX_EXTRACTED_CHARS``; None when
     none was found (and for ifeval, whose "answer" is the whole output).
-    ``reason``: short, e.g. "match", "mismatch", "no answer found", "timeout",
-    "output too long", "error: RecursionError".
+    ``reason``: short prose, e.g. "match", "symbolic match", "mismatch", "no answer found",
+    "timeout", "output too long (...)", "internal error: RecursionError".
+    ``code``: the ``Outcome`` behind ``reason``, for tests and metrics.
     """
 
     correct: bool
     score: float
     extracted: str | None
     reason: str
+    code: Outcome
 
 
 def truncate(text: str | None, limit: int = MAX_EXTRACTED_CHARS) -> str | None:
@@ -66,12 +95,18 @@ def describe(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-def fail(reason: str, extracted: str | None = None) -> VerifierResult:
-    return VerifierResult(correct=False, score=0.0, extracted=truncate(extracted), reason=reason)
+def fail(code: Outcome, reason: str, extracted: str | None = None) -> VerifierResult:
+    if code is Outcome.MATCH:
+        raise ValueError(f"fail() with code {code!r}: use success()")
+    return VerifierResult(
+        correct=False, score=0.0, extracted=truncate(extracted), reason=reason, code=code
+    )
 
 
 def success(reason: str, extracted: str | None) -> VerifierResult:
-    return VerifierResult(correct=True, score=1.0, extracted=truncate(extracted), reason=reason)
+    return VerifierResult(
+        correct=True, score=1.0, extracted=truncate(extracted), reason=reason, code=Outcome.MATCH
+    )
 
 
 class GroundTruthError(ValueError):
@@ -112,13 +147,34 @@ class BaseVerifier(ABC, Generic[T]):
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         if not isinstance(output, str):
-            return fail(f"output is not a str (got {type(output).__name__})")
+            return fail(Outcome.REFUSED, f"output is not a str (got {type(output).__name__})")
         if len(output) > self.max_output_chars:
-            return fail(f"output too long ({len(output)} > {self.max_output_chars} chars)")
+            return fail(
+                Outcome.REFUSED,
+                f"output too long ({len(output)} > {self.max_output_chars} chars)",
+            )
         try:
             return self.check(output, truth)
-        except Exception as exc:
-            return fail(f"error: {type(exc).__name__}")
+        except Exception as exc:  # the last line of defence: a bug, made visible
+            _warn_once(self.name, exc)
+            return fail(Outcome.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(verifier: str, exc: Exception) -> None:
+    key = (verifier, type(exc).__name__)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        _LOG.warning(
+            "verifier %r raised %s (reported as an internal-error verdict; further %s from "
+            "this verifier are not logged)",
+            verifier,
+            type(exc).__name__,
+            type(exc).__name__,
+            exc_info=exc,
+        )
 
 
 _REGISTRY: dict[str, Callable[..., Verifier]] = {}

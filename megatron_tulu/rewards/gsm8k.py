@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from megatron_tulu.rewards.base import (
     BaseVerifier,
     GroundTruthError,
+    Outcome,
     VerifierResult,
     describe,
     fail,
@@ -135,6 +136,8 @@ class GSM8KVerifier(BaseVerifier[Decimal]):
     def check(self, output: str, truth: Decimal) -> VerifierResult:
         number = extract_final_number(output)
         if number is None:
-            return fail("no answer found")
+            return fail(Outcome.NO_ANSWER, "no answer found")
         text = canonical(number)
-        return success("match", text) if number == truth else fail("mismatch", text)
+        return (
+            success("match", text) if number == truth else fail(Outcome.MISMATCH, "mismatch", text)
+        )

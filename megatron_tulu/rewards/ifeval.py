@@ -16,11 +16,11 @@ are in ``ifeval_constraints.CONSTRAINTS`` (``available_constraints()``); IFEval'
 ``language:response_language`` is not supported (no language detector here).
 
 Verdict: ``correct`` iff ALL constraints hold, ``score`` = the fraction that hold, ``reason`` =
-"all constraints satisfied" or "failed: <ids>". An empty or whitespace-only response fails
-("empty response", score 0) even where each constraint alone would hold on it (no comma, all
-lowercase, ...). ``loose=True`` applies IFEval's loose rule: a
-constraint also holds if it holds on the response without its first line, its last line or
-both, each with or without the ``*`` characters removed (for responses up to
+"all constraints satisfied" (code ``MATCH``) or "failed: <ids>" (``MISMATCH``). An empty or
+whitespace-only response fails ("empty response", ``NO_ANSWER``, score 0) even where each
+constraint alone would hold on it (no comma, all lowercase, ...). ``loose=True`` applies
+IFEval's loose rule: a constraint also holds if it holds on the response without its first line,
+its last line or both, each with or without the ``*`` characters removed (for responses up to
 ``LOOSE_MAX_CHARS``; longer ones are judged strictly, to keep the time bound).
 """
 
@@ -35,8 +35,10 @@ from megatron_tulu.rewards.base import (
     MAX_OUTPUT_CHARS,
     BaseVerifier,
     GroundTruthError,
+    Outcome,
     VerifierResult,
     describe,
+    fail,
     register_verifier,
 )
 from megatron_tulu.rewards.ifeval_constraints import CONSTRAINTS, ConstraintType
@@ -141,7 +143,7 @@ class IFEvalVerifier(BaseVerifier[tuple[Constraint, ...]]):
 
     def check(self, output: str, truth: tuple[Constraint, ...]) -> VerifierResult:
         if not output.strip():  # would pass "no comma", "lowercase", ...: follows nothing
-            return VerifierResult(correct=False, score=0.0, extracted=None, reason="empty response")
+            return fail(Outcome.NO_ANSWER, "empty response")
         if self.loose and len(output) <= LOOSE_MAX_CHARS:  # IFEval skips empty variants
             texts = [text for text in loose_variants(output) if text.strip()]
         else:
@@ -154,4 +156,5 @@ class IFEvalVerifier(BaseVerifier[tuple[Constraint, ...]]):
             score=num_ok / len(truth),
             extracted=None,
             reason=reason[:300],
+            code=Outcome.MISMATCH if failed else Outcome.MATCH,
         )

@@ -1,26 +1,26 @@
-"""Answer extraction and normalisation for MATH-style outputs (no symbolic work here).
-
-Extraction ("flex", Tülu 3 / open-instruct's MATH eval), first that finds something wins:
-1. the last ``\\boxed{...}`` or ``\\fbox{...}`` (balanced braces; also ``\\boxed 5``);
-2. "Final Answer: The final answer is X. I hope it is correct." / "Final Answer: X" /
-   "The final answer is X" (the rest of that line);
-3. the last non-empty ``$...$`` span (``$$...$$`` too; ``\\$`` is not a delimiter);
-4. the whole output when it is one short line (``MAX_BARE_ANSWER_CHARS``) without an (unclosed)
-   ``\\boxed``, e.g. "1/2".
-
-Unlike open-instruct, which accepts an output when ANY of its candidates matches, the first
-candidate found is THE answer: an output cannot hedge with a boxed answer and a different
-"Final Answer".
+"""Normalisation of MATH-style answers, their equations and their parts (no symbolic work).
 
 Normalisation, in the spirit of the Hendrycks MATH normaliser (written afresh): drop
-``\\left``/``\\right``, ``\\!``/``\\,``/``\\;``, ``$``, degrees, percent signs, text units at the
-end ("10\\text{ dollars}", "5 cm"), ``\\text{}``-style wrappers (keeping their content),
-thousands commas (also ``1{,}000``); ``\\dfrac``/``\\tfrac`` -> ``\\frac``,
-``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt3`` -> ``\\sqrt{3}``, ``a/b`` -> ``\\frac{a}{b}`` for
-integers, "x = 5" -> "5", ".5" -> "0.5", "(B)" -> "B"; NFKC, and decimal digits of any script
-as ASCII ("１２", "١٢" -> "12", as gsm8k reads them); then spaces are removed (for string
-comparison only: the symbolic check gets the same text with its spaces, since "\\pi r" is not
-"\\pir").
+``\\left``/``\\right``, ``\\!``/``\\,``/``\\;``, ``$``, degrees, percent signs, text units at
+the end ("10\\text{ dollars}", "5 cm"), ``\\text{}``-style wrappers (keeping their content),
+thousands separators (``10,\\!000``, ``1{,}000``, and a whole answer "1,000");
+``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt3`` ->
+``\\sqrt{3}``, ``a/b`` -> ``\\frac{a}{b}`` for integers, ".5" -> "0.5", "(B)" -> "B"; NFKC, and
+decimal digits of any script as ASCII ("１２", "١٢" -> "12", as gsm8k reads them); then spaces are
+removed (for string comparison only: the symbolic check gets the same text with its spaces,
+since "\\pi r" is not "\\pir").
+
+Equations: an answer with exactly one top-level "=" (not "<=", ">=", "!=", ":=") is an
+``Equation``. When its left side is a lone variable (``x``, ``a_1``, ``x'``, ``\\theta``,
+``p(x)``, ``f(2)``), a tuple of them (``(x, y)``) or a name (``AB``, ``\\angle ABC``,
+``\\text{Area}``; not ``xy``, a product), that side is a *label* ("2 = x" is read as "x = 2"):
+"x = 5" normalises to its value "5". A label given a constant is an *assignment* (how the
+verifier compares labels, assignments and equations is in ``math_flex``).
+
+Parts: an answer whose top-level commas (outside any bracket) separate items, "2, -3" or
+"x = 1, y = 2", is a list of parts (``split_parts``); a number with thousands separators is one
+part, and "(1, 2)", "\\{1, 2\\}", "[0, 1)" are one part each. A part with one ``\\pm`` is two
+("\\pm 2" -> "2", "-2"; "1 \\pm \\sqrt{5}" -> "1 + \\sqrt{5}", "1 - \\sqrt{5}").
 
 Everything here is linear in the text length or works on a prefix of at most
 ``MAX_ANSWER_CHARS`` characters.
@@ -31,104 +31,25 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-MAX_ANSWER_CHARS = 2000  # a longer extracted answer is refused (no MATH answer is that long)
-MAX_BARE_ANSWER_CHARS = 100  # the whole output counts as the answer only up to this length
+from megatron_tulu.rewards.math_extract import MAX_ANSWER_CHARS, last_boxed
+
 SYMBOLIC_MAX_CHARS = 1000  # the symbolic check is skipped beyond these limits
 SYMBOLIC_MAX_DEPTH = 50
 SYMBOLIC_MAX_DIGITS = 100
 
-_BRACE_RE = re.compile(r"[{}]")
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed``/``\\fbox``; None if absent or unclosed."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    pos = start + (6 if text.startswith("\\boxed", start) else 5)
-    window = text[pos : pos + MAX_ANSWER_CHARS + 8]
-    stripped = window.lstrip(" ")
-    if not stripped:
-        return None
-    if stripped[0] != "{":
-        if window[0] != " ":  # "\boxedx" is another command, not a box
-            return None
-        token = re.match(r"[^\s$]*", stripped)
-        return token.group() if token and token.group() else None
-    offset = len(window) - len(stripped)
-    depth = 0
-    for brace in _BRACE_RE.finditer(window, offset):
-        depth += 1 if brace.group() == "{" else -1
-        if depth == 0:
-            return window[offset + 1 : brace.start()]
-    return None  # unclosed within MAX_ANSWER_CHARS
-
-
-_FINAL_ANSWER_LEAD_RE = re.compile(
-    r"[ \t]*(?::|\bis\b)[ \t]*(?:the final answer is\b)?[ \t]*", re.IGNORECASE
-)
-_HOPE_RE = re.compile(r"\.?\s*i hope it is correct", re.I)
-
-
-def final_answer(text: str) -> str | None:
-    """X from "Final Answer: X" / "... the final answer is X." (last occurrence, one line)."""
-    start = text.lower().rfind("final answer")
-    if start < 0:
-        return None
-    rest = text[start + len("final answer") : start + len("final answer") + MAX_ANSWER_CHARS]
-    lead = _FINAL_ANSWER_LEAD_RE.match(rest)
-    if lead is None:
-        return None
-    line = rest[lead.end() :].split("\n", 1)[0]
-    hope = _HOPE_RE.search(line)
-    if hope is not None:
-        line = line[: hope.start()]
-    line = line.strip().rstrip(".").strip()
-    if len(line) >= 2 and line.startswith("$") and line.endswith("$"):
-        line = line.strip("$").strip()
-    return line or None
-
-
-def last_dollar_span(text: str, *, max_pairs: int = 4) -> str | None:
-    """The last non-empty text between two unescaped ``$`` (so ``$$x$$`` gives x)."""
-    positions: list[int] = []
-    pos = len(text)
-    while len(positions) <= max_pairs:
-        pos = text.rfind("$", 0, pos)
-        if pos < 0:
-            break
-        if pos == 0 or text[pos - 1] != "\\":
-            positions.append(pos)
-    for right, left in itertools.pairwise(positions):
-        if right - left - 1 > MAX_ANSWER_CHARS:
-            return None
-        content = text[left + 1 : right].strip()
-        if content:
-            return content
-    return None
-
-
-def extract_answer(text: str) -> tuple[str | None, str]:
-    """(answer, how it was found): "boxed", "final answer", "dollars", "bare" or "none"."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed, "boxed"
-    final = final_answer(text)
-    if final is not None:
-        return final, "final answer"
-    dollars = last_dollar_span(text)
-    if dollars is not None:
-        return dollars, "dollars"
-    bare = text.strip()
-    if "\\boxed" in bare or "\\fbox" in bare:  # an unclosed box is no answer, not a bare one
-        return None, "none"
-    if bare and len(bare) <= MAX_BARE_ANSWER_CHARS and "\n" not in bare:
-        return bare, "bare"
-    return None, "none"
-
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "Equation",
+    "MathAnswer",
+    "as_fraction",
+    "normalize_answer",
+    "split_parts",
+    "too_complex_for_symbolic",
+]
 
 _UNIT_WORDS = (
     "dollars?|cents?|units?|square|sq|cm|mm|km|meters?|inches|inch|feet|foot|ft|yards?|"
@@ -152,7 +73,17 @@ _WRAPPER_RE = re.compile(
     r"\\(?:text|textbf|textit|mathrm|mathbf|mathit|mbox|operatorname)\{([^{}]*)\}"
 )
 _GROUPED_NUMBER_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_EQUATION_RE = re.compile(r"^\s*[a-zA-Z](?:_\w|')?\s*=([^=]+)$")
+_DIGIT_GROUP_RE = re.compile(r"(?<=\d)(?:,\s*\\!|\{,\})\s*(?=\d{3}(?!\d))")  # 10,\!000 1{,}000
+_GREEK = (
+    "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|"
+    "xi|rho|sigma|tau|upsilon|phi|varphi|chi|psi|omega"
+)
+_VARIABLE = rf"(?:[a-zA-Z](?:_\{{?\w+\}}?)?'*|\\(?:{_GREEK}))"
+_NAME = r"[A-Z]{2,3}|m?\\angle[A-Z]{1,3}|[a-zA-Z]{4,}"  # AB, \angle ABC, Area (not xy: x*y)
+# x, a_1, a_{10}, x', \theta, p(x), (x,y), AB, Area: matched against the side without spaces
+_LABEL_RE = re.compile(
+    rf"(?:{_VARIABLE}|{_NAME})(?:\((?:[a-z]|-?\d+(?:\.\d+)?)\))?|\({_VARIABLE}(?:,{_VARIABLE})+\)"
+)
 _SQRT_RE = re.compile(r"\\sqrt(\w)")
 _FRAC_DIGITS_RE = re.compile(r"\\frac(\d)(\d)")
 _FRAC_FIRST_RE = re.compile(r"\\frac(\d)\{")
@@ -170,13 +101,13 @@ def _ascii_digits(text: str) -> str:
     return _UNICODE_DIGIT_RE.sub(lambda m: str(unicodedata.digit(m.group())), text)
 
 
-def normalize_answer(answer: str, *, remove_spaces: bool = True) -> str:
-    """A canonical string for comparison (see the module docstring)."""
+def _clean(answer: str) -> str:
+    """Normalisation up to (not including) the equation split: wrappers, units, separators."""
     text = _ascii_digits(answer.strip())
     if "\\boxed" in text or "\\fbox" in text:
         inner = last_boxed(text)
         text = inner.strip() if inner is not None else text
-    text = text.replace("\n", " ")
+    text = _DIGIT_GROUP_RE.sub("", text.replace("\n", " "))
     for pattern, replacement in _SUBSTITUTIONS:
         text = pattern.sub(replacement, text)
     text = _TRAILING_TEXT_UNIT_RE.sub("", text.strip())
@@ -184,12 +115,13 @@ def normalize_answer(answer: str, *, remove_spaces: bool = True) -> str:
     text = text.strip()
     if any(ch.isdigit() for ch in text):
         text = _TRAILING_UNIT_WORD_RE.sub("", text).strip()
-    text = text.rstrip(".").strip()
+    return text.rstrip(".").strip()
+
+
+def _canonical(text: str, *, remove_spaces: bool) -> str:
+    """The rest of the normalisation, for one side of an equation or a whole value."""
     if _GROUPED_NUMBER_RE.fullmatch(text):
         text = text.replace(",", "")
-    equation = _EQUATION_RE.match(text)
-    if equation is not None:
-        text = equation.group(1).strip()
     text = text.replace(" .", " 0.").replace("{.", "{0.")
     if text.startswith("."):
         text = "0" + text
@@ -210,6 +142,142 @@ def normalize_answer(answer: str, *, remove_spaces: bool = True) -> str:
     if choice is not None:
         text = choice.group(1).upper()
     return text
+
+
+def _bracket_balance(text: str) -> int:
+    return sum(text.count(ch) for ch in "{([") - sum(text.count(ch) for ch in "})]")
+
+
+def _split_equation(cleaned: str) -> tuple[str, str] | None:
+    """(left, right) of a cleaned answer with exactly one top-level "=", else None."""
+    at = cleaned.find("=")
+    if at < 0 or cleaned.find("=", at + 1) >= 0:
+        return None
+    lhs, rhs = cleaned[:at].strip(), cleaned[at + 1 :].strip()
+    if not lhs or not rhs or lhs[-1] in "<>!:" or _bracket_balance(lhs) != 0:
+        return None
+    return lhs, rhs
+
+
+_COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``lhs = rhs``, each side normalised with its spaces. ``label``: the left side (without
+    spaces) when it is a lone variable (``2 = x`` is read as ``x = 2``), else None."""
+
+    lhs: str
+    rhs: str
+    label: str | None
+
+    @property
+    def is_assignment(self) -> bool:
+        """A label given a constant ("x = 5", "a_1 = \\frac{\\pi}{2}"): a value, not a curve."""
+        return self.label is not None and not any(
+            ch.isalpha() for ch in _COMMAND_RE.sub("", self.rhs)
+        )
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        return self.lhs, self.rhs
+
+    @property
+    def text(self) -> str:
+        return f"{self.lhs} = {self.rhs}"
+
+    @property
+    def key(self) -> str:
+        return (self.lhs + "=" + self.rhs).replace(" ", "")
+
+
+def _equation(cleaned: str) -> Equation | None:
+    sides = _split_equation(cleaned)
+    if sides is None:
+        return None
+    lhs, rhs = (_canonical(side, remove_spaces=False) for side in sides)
+    if not _LABEL_RE.fullmatch(lhs.replace(" ", "")) and _LABEL_RE.fullmatch(rhs.replace(" ", "")):
+        lhs, rhs = rhs, lhs
+    label = lhs.replace(" ", "")
+    return Equation(lhs=lhs, rhs=rhs, label=label if _LABEL_RE.fullmatch(label) else None)
+
+
+def normalize_answer(answer: str, *, remove_spaces: bool = True) -> str:
+    """A canonical string for comparison (see the module docstring); "x = 5" gives "5"."""
+    text = _clean(answer)
+    equation = _equation(text)
+    if equation is not None and equation.label is not None:
+        text = equation.rhs
+    return _canonical(text, remove_spaces=remove_spaces)
+
+
+def split_parts(answer: str, *, max_parts: int) -> list[str]:
+    """The non-blank items between ``answer``'s top-level commas, each with one ``\\pm`` made
+    two (at most ``max_parts + 1`` items, so that a caller can tell there were too many)."""
+    text = _DIGIT_GROUP_RE.sub("", answer)
+    parts = [answer]
+    if "," in text and not _GROUPED_NUMBER_RE.fullmatch(_clean(text)):
+        parts, depth, start = [], 0, 0
+        for pos, ch in enumerate(text):
+            if ch in "{([":
+                depth += 1
+            elif ch in "})]":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                parts.append(text[start:pos])
+                start = pos + 1
+                if len(parts) > max_parts:
+                    break
+        else:
+            parts.append(text[start:])
+    items = [item for part in parts if part.strip() for item in _plus_minus(part.strip())]
+    return items[: max_parts + 1]
+
+
+_PLUS_MINUS_RE = re.compile(r"\\pm(?![a-zA-Z])")
+
+
+def _plus_minus(part: str) -> list[str]:
+    """Both values of a part with one ``\\pm``: "x = \\pm 2" -> "x = 2", "x = -2";
+    "1 \\pm \\sqrt{5}" -> "1 + \\sqrt{5}", "1 - \\sqrt{5}"; else the part itself."""
+    found = list(itertools.islice(_PLUS_MINUS_RE.finditer(part), 2))
+    if len(found) != 1:
+        return [part]
+    before, after = part[: found[0].start()], part[found[0].end() :].strip()
+    if not before.strip() or before.rstrip()[-1] in "=({[":  # a sign, not an operation
+        return [before + after, before + "-" + after]
+    return [f"{before}+ {after}", f"{before}- {after}"]
+
+
+@dataclass(frozen=True)
+class MathAnswer:
+    """One answer in its comparison forms. For a labelled equation ("x = 5") ``normalized``,
+    ``spaced`` and ``value`` describe its value (the right side)."""
+
+    raw: str
+    normalized: str  # for string equality (no spaces)
+    spaced: str  # normalised but with spaces: what the symbolic parser sees
+    value: Fraction | None  # exact value when it is a plain number
+    equation: Equation | None
+
+    @classmethod
+    def of(cls, raw: str) -> MathAnswer:
+        cleaned = _clean(raw)
+        equation = _equation(cleaned)
+        value_text = equation.rhs if equation is not None and equation.label else cleaned
+        normalized = _canonical(value_text, remove_spaces=True)
+        return cls(
+            raw=raw,
+            normalized=normalized,
+            spaced=_canonical(value_text, remove_spaces=False),
+            value=as_fraction(normalized),
+            equation=equation,
+        )
+
+    @property
+    def key(self) -> str:
+        """Equal keys: the same answer (used to drop repeated parts)."""
+        return self.equation.key if self.equation is not None else self.normalized
 
 
 _DECIMAL_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")

@@ -1,7 +1,8 @@
 """Symbolic equivalence of two answers with a hard time limit, callable from any thread.
 
-``SymbolicChecker.check(gold, pred, timeout_s=...)`` asks a persistent worker process
-(``_symbolic_worker.py``: math_verify ``parse`` + ``verify``, signal timeouts off) and waits at
+``SymbolicChecker.check(gold, pred, timeout_s=...)`` (and ``check_equations``) asks a persistent
+worker process (``_symbolic_worker.py``: math_verify ``parse`` + ``verify``, or sympy's
+``simplify`` on the ratio of two equations, signal timeouts off) and waits at
 most ``timeout_s`` for the reply; on timeout the worker is killed (SIGKILL) and a replacement is
 started in the background. The limit therefore holds whatever the calling thread and whatever
 sympy does (a power tower, a huge factorial), and memory is capped in the worker.
@@ -80,7 +81,7 @@ class _Worker:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
 
-    def send(self, message: dict[str, str]) -> None:
+    def send(self, message: dict[str, object]) -> None:
         self.stdin.write(json.dumps(message).encode() + b"\n")
         self.stdin.flush()
 
@@ -207,7 +208,22 @@ class SymbolicChecker:
     def check(
         self, gold: str, pred: str, *, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> SymbolicResult:
-        """Is ``pred`` equivalent to ``gold`` (LaTeX answers, without ``$``)?"""
+        """Is ``pred`` equivalent to ``gold`` (LaTeX answers, without ``$``; math_verify)?"""
+        return self._ask({"gold": gold, "pred": pred}, timeout_s)
+
+    def check_equations(
+        self,
+        gold: tuple[str, str],
+        pred: tuple[str, str],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> SymbolicResult:
+        """Are the equations ``gold`` and ``pred``, each ``(lhs, rhs)`` in LaTeX, the same up to
+        a nonzero constant factor, i.e. does (gold lhs - gold rhs) / (pred lhs - pred rhs)
+        simplify to a nonzero number? ("y = 2x + 1" and "4x - 2y + 2 = 0" are.)"""
+        return self._ask({"gold": list(gold), "pred": list(pred), "equations": True}, timeout_s)
+
+    def _ask(self, request: dict[str, object], timeout_s: float) -> SymbolicResult:
         if self._unavailable:
             return SymbolicResult("unavailable", self._unavailable)
         if self._closed:
@@ -222,7 +238,7 @@ class SymbolicChecker:
         if why:
             return SymbolicResult("unavailable", why)
         try:
-            worker.send({"gold": gold, "pred": pred})
+            worker.send(request)
             line = worker.read_line(time.monotonic() + timeout_s)
             if line is None:
                 self._discard(worker, replace=True)

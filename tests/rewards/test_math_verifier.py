@@ -8,19 +8,12 @@ import pytest
 
 from megatron_tulu.rewards import MathVerifier, default_checker, verify
 from megatron_tulu.rewards.math_answer import (
+    MathAnswer,
     as_fraction,
-    extract_answer,
-    last_boxed,
     normalize_answer,
+    split_parts,
 )
-
-
-@pytest.fixture(scope="module")
-def patient_math() -> MathVerifier:
-    """The default checker with a long limit: these tests judge verdicts, not speed (2 shared
-    cores may be busy); the time bounds are tested in test_verifier_hostile.py."""
-    assert default_checker().warm_up()
-    return MathVerifier(timeout_s=20.0)
+from megatron_tulu.rewards.math_extract import boxed_answers, extract_answer, last_boxed
 
 
 @pytest.mark.parametrize(
@@ -43,6 +36,14 @@ def patient_math() -> MathVerifier:
         ("1/2", "1/2", "bare"),
         ("Thinking\nabout it without an answer", None, "none"),
         ("\\boxed{1", None, "none"),
+        ("Final Answer: The largest $n$ is $34$.", "34", "final answer"),
+        ("**Final Answer:** 34", "34", "final answer"),
+        ("So the answer is $x = 3$, as claimed.", "x = 3", "answer phrase"),
+        ("**Answer:** 7\nDone.", "7", "answer phrase"),
+        ("The answer is 35. Let me check my answer.", "35", "answer phrase"),
+        ("Steps.\nSo the smallest value is 12.", "12", "last sentence"),
+        ("Steps.\nSo the smallest value is \\(\\frac{1}{2}\\).", "\\frac{1}{2}", "last sentence"),
+        ("Steps.\nThe answer is not obvious.\nWe get $9$.", "9", "dollars"),
     ],
 )
 def test_extraction_order(text, answer, how):
@@ -53,6 +54,69 @@ def test_boxed_prefers_box_over_final_answer():
     text = "\\boxed{2}\nFinal Answer: The final answer is 3. I hope it is correct."
     assert extract_answer(text) == ("2", "boxed")  # first method that finds something wins
     assert last_boxed("\\boxedx{1}") is None  # another command, not a box
+
+
+def test_boxed_answers_reads_every_box_and_stops_at_an_unclosed_one():
+    assert boxed_answers("\\boxed{1} and \\fbox{2}, \\boxed 3", max_boxes=5) == (
+        ["1", "2", "3"],
+        False,
+    )
+    assert boxed_answers("\\boxed{1} \\boxed{2} \\boxed{3}", max_boxes=2) == (["2", "3"], False)
+    assert boxed_answers("\\boxed{1} \\boxed{2", max_boxes=5) == ([], True)  # cut off
+    assert boxed_answers("\\boxed{1 \\boxed{2}", max_boxes=5) == (["2"], True)
+
+
+@pytest.mark.parametrize(
+    ("answer", "parts"),
+    [
+        ("2, -3", ["2", "-3"]),
+        ("10,\\!000", ["10,\\!000"]),
+        ("1,000", ["1,000"]),
+        ("1,2,3", ["1", "2", "3"]),
+        ("(1, 2), [3, 4)", ["(1, 2)", "[3, 4)"]),
+        ("\\{1, 2\\}", ["\\{1, 2\\}"]),
+        ("x = 1, y = 2", ["x = 1", "y = 2"]),
+        ("\\pm 2", ["2", "-2"]),
+        ("x = \\pm 2", ["x = 2", "x = -2"]),
+        ("1 \\pm \\sqrt{5}", ["1 + \\sqrt{5}", "1 - \\sqrt{5}"]),
+        ("3 \\pmod{5}", ["3 \\pmod{5}"]),
+        ("1, , 2,", ["1", "2"]),
+    ],
+)
+def test_split_parts(answer, parts):
+    assert split_parts(answer, max_parts=16) == parts
+
+
+def test_split_parts_stops_after_one_too_many():
+    assert len(split_parts(",".join(["1"] * 100), max_parts=16)) == 17
+
+
+@pytest.mark.parametrize(
+    ("raw", "sides", "label", "assignment"),
+    [
+        ("x = 5", ("x", "5"), "x", True),
+        ("5 = x", ("x", "5"), "x", True),
+        ("a_{10} = \\frac{\\pi}{2}", ("a_{10}", "\\frac{\\pi}{2}"), "a_{10}", True),
+        ("y = 2x + 1", ("y", "2x + 1"), "y", False),
+        ("p(x) = x^2", ("p(x)", "x^2"), "p(x)", False),
+        ("(x, y) = (1, 2)", ("(x, y)", "(1, 2)"), "(x,y)", True),
+        ("2x - y + 1 = 0", ("2x - y + 1", "0"), None, False),
+        ("AB = 5", ("AB", "5"), "AB", True),
+        ("f(-2) = 5", ("f(-2)", "5"), "f(-2)", True),
+        ("xy = 1", ("xy", "1"), None, False),
+    ],
+)
+def test_equations_and_labels(raw, sides, label, assignment):
+    equation = MathAnswer.of(raw).equation
+    assert equation is not None
+    assert (equation.sides, equation.label, equation.is_assignment) == (sides, label, assignment)
+
+
+@pytest.mark.parametrize(
+    "raw", ["x <= 5", "x >= 5", "x != 5", "x := 5", "a = b = c", "= 5", "\\{x : x = 1\\}"]
+)
+def test_not_equations(raw):
+    assert MathAnswer.of(raw).equation is None
 
 
 @pytest.mark.parametrize(
@@ -66,6 +130,9 @@ def test_boxed_prefers_box_over_final_answer():
         ("90^\\circ", "90"),
         ("50\\%", "50"),
         ("1{,}000", "1000"),
+        ("10,\\!000", "10000"),
+        ("1,\\!234,\\!567.5", "1234567.5"),
+        ("x = 1,\\!000", "1000"),
         ("1,000", "1000"),
         ("x = 5", "5"),
         (".5", "0.5"),
@@ -140,3 +207,18 @@ def test_string_and_numeric_paths_do_not_use_the_worker():
 
 def test_verify_uses_the_default_symbolic_checker():
     assert verify("math", "\\boxed{\\frac{6}{8}}", "0.75").reason == "numeric match"
+
+
+@pytest.mark.parametrize(
+    ("gold", "pred", "verdict"),
+    [
+        (("y", "2x + 1"), ("4x - 2y + 2", "0"), "equal"),  # scaled by -2
+        (("y", "2x + 1"), ("y", "2x + 1"), "equal"),
+        (("y", "x^2"), ("y^2", "x^4"), "different"),  # the ratio depends on x and y
+        (("x", "x"), ("y", "y"), "equal"),  # both true everywhere
+        (("x", "x"), ("y", "2"), "different"),
+        (("y", "\\{1, 2\\}"), ("y", "2"), "different"),  # a set is not an expression
+    ],
+)
+def test_check_equations(gold, pred, verdict):
+    assert default_checker().check_equations(gold, pred, timeout_s=20.0).verdict == verdict

@@ -8,6 +8,7 @@ import pytest
 
 from megatron_tulu.rewards import (
     GroundTruthError,
+    Outcome,
     VerifierResult,
     available_verifiers,
     get_verifier,
@@ -40,7 +41,9 @@ def test_duplicate_registration_is_refused():
 
 def test_result_is_frozen_and_typed():
     result = verify("gsm8k", "so 12", 12)
-    assert result == VerifierResult(correct=True, score=1.0, extracted="12", reason="match")
+    assert result == VerifierResult(
+        correct=True, score=1.0, extracted="12", reason="match", code=Outcome.MATCH
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.correct = False  # type: ignore[misc]
 
@@ -56,14 +59,23 @@ class _Exploding(BaseVerifier[int]):
     def check(self, output: str, truth: int) -> VerifierResult:
         if output == "recurse":
             raise RecursionError("deep")
-        return fail("mismatch", output * 1000)
+        return fail(Outcome.MISMATCH, "mismatch", output * 1000)
 
 
-def test_exceptions_on_output_become_verdicts_but_data_errors_raise():
+def test_exceptions_on_output_become_verdicts_but_data_errors_raise(caplog):
     verifier = _Exploding(max_output_chars=10_000)
-    assert verifier("recurse", 1) == VerifierResult(False, 0.0, None, "error: RecursionError")
-    assert verifier(None, 1).reason == "output is not a str (got NoneType)"  # type: ignore[arg-type]
-    assert verifier("x" * 10_001, 1).reason.startswith("output too long")
+    internal = VerifierResult(
+        False, 0.0, None, "internal error: RecursionError", Outcome.INTERNAL_ERROR
+    )
+    with caplog.at_level("WARNING", logger="megatron_tulu.rewards.base"):
+        assert verifier("recurse", 1) == internal
+        assert verifier("recurse", 1) == internal
+    logged = [r for r in caplog.records if "RecursionError" in r.getMessage()]
+    assert len(logged) == 1  # the catch-all is visible, once per verifier and exception type
+    not_str = verifier(None, 1)  # type: ignore[arg-type]
+    assert (not_str.code, not_str.reason) == (Outcome.REFUSED, "output is not a str (got NoneType)")
+    too_long = verifier("x" * 10_001, 1)
+    assert too_long.code is Outcome.REFUSED and too_long.reason.startswith("output too long")
     extracted = verifier("abc", 1).extracted
     assert extracted is not None and len(extracted) == MAX_EXTRACTED_CHARS + 3  # cut, with "..."
     with pytest.raises(GroundTruthError, match="exploding: cannot read ground truth 'bad'"):
