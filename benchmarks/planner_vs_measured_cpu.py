@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 from megatron_tulu.tools.planner.measure import measure_worker
 
 # name -> (world size, measure_worker kwargs)

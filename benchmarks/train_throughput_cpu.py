@@ -27,7 +27,7 @@ import torch
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
 from megatron_tulu.models.synthetic import fixed_tokens, make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 OPT = OptimizerConfig(lr=1e-4, weight_decay=0.01, clip_grad=1.0)
 

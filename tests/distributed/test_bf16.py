@@ -14,7 +14,7 @@ import pytest
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
 from megatron_tulu.models.synthetic import fixed_tokens
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from mt_testing.resume import train_worker
 from megatron_tulu.checkpoint.layout import list_steps, read_latest
 from megatron_tulu.config import OptimizerConfig, model_preset
 from megatron_tulu.data.corpus import write_corpus
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 MODEL = model_preset("tiny")

@@ -20,7 +20,7 @@ from megatron_tulu.checkpoint.convert import hf_to_native, native_to_hf
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
 from megatron_tulu.models.hf_io import HFTensorReader, read_hf_config
 from megatron_tulu.models.synthetic import fixed_tokens, make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

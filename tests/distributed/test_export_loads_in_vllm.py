@@ -11,7 +11,7 @@ import torch
 from megatron_tulu.checkpoint.convert import hf_to_native, native_to_hf
 from megatron_tulu.config import model_preset
 from megatron_tulu.models.synthetic import make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 PROMPTS = [[5, 17, 300, 42, 7], [900, 3, 3, 3, 250, 11, 64]]

@@ -30,7 +30,7 @@ from mt_testing.parity import (
 )
 
 from megatron_tulu.config import OptimizerConfig, model_preset
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 MODEL = model_preset("tiny")

@@ -135,7 +135,7 @@ def hf_dir(tmp_path_factory):
 
 
 def _run(world, *args):
-    from megatron_tulu.parallel.spawn import run_ranks
+    from megatron_tulu.platform.spawn import run_ranks
 
     return run_ranks(_sgd_worker, world, *args)[-1]
 

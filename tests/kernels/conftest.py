@@ -15,7 +15,7 @@ import pytest
 import torch
 from kernel_cases import ALL_CASES, run_cases_on_ranks
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 
 @pytest.fixture(scope="session")

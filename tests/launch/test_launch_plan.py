@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from megatron.core.parallel_state import RankGenerator
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 from megatron_tulu.tools.launch_plan import LaunchPlan, _ranges, main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 from megatron_tulu.stages.signals import StopSignal, write_status
 
 

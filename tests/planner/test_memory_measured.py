@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 from megatron_tulu.tools.planner.measure import measure_worker
 
 pytestmark = pytest.mark.slow

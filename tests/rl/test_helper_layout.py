@@ -11,7 +11,7 @@ from mt_testing.helper_layout import value_layout_worker
 
 from megatron_tulu.config import model_preset
 from megatron_tulu.models.synthetic import make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 pytestmark = pytest.mark.slow
 ARGS = {"rows": 8, "seq": 24, "micro_batch_size": 2}

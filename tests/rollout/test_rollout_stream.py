@@ -14,7 +14,7 @@ import torch
 from megatron_tulu.config import model_preset
 from megatron_tulu.models.hf_io import HFTensorReader
 from megatron_tulu.models.synthetic import make_random_hf_dir
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 from megatron_tulu.rollout.checks import hf_tensor_shapes
 
 pytestmark = pytest.mark.slow

@@ -115,3 +115,19 @@ def test_the_library_does_not_import_the_tests():
         if any(n.split(".")[0] in ("tests", "mt_testing") for n in _imports(p))
     ]
     assert not offenders, f"library modules importing test code: {offenders}"
+
+
+def test_spawning_ranks_imports_no_megatron_core():
+    """Spawned ranks unpickle ``platform.spawn`` before their worker runs; the kernel tests'
+    workers must still be able to set TRITON_INTERPRET before triton (megatron-core) loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import megatron_tulu.platform.spawn; "
+        "print(sorted(m for m in sys.modules if m.startswith(('megatron.', 'triton'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert out == "[]", f"importing platform.spawn loads {out}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mt_testing.canary import canary_worker
 
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 
 def _mode_worker() -> dict[str, object]:

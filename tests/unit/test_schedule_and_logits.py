@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_tulu.config import OptimizerConfig
-from megatron_tulu.parallel.spawn import run_ranks
+from megatron_tulu.platform.spawn import run_ranks
 
 
 class _FakeOptimizer:

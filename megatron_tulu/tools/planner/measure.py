@@ -138,7 +138,7 @@ def measure_worker(
     distributed_optimizer: bool = True,
     measure_activations: bool = True,
 ) -> dict[str, Any]:
-    """Runs on every rank (spawned with megatron_tulu.parallel.spawn.run_ranks): builds the
+    """Runs on every rank (spawned with megatron_tulu.platform.spawn.run_ranks): builds the
     layout, takes a warm-up step, measures, and returns measured + predicted bytes."""
     from functools import partial
 
