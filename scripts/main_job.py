@@ -3,7 +3,9 @@ CPU machine, over two processes per stage (TP2), with vLLM rollouts and the help
 
     python scripts/main_job.py [--out runs/tulu3-tiny] [--sft-steps 600] [--rl-steps 40]
 
-After each stage the held-out answer accuracy (300 arithmetic problems, greedy) is measured;
+After each stage the answer accuracy on the task's TEST split (300 arithmetic problems whose
+arithmetic chains appear in no training or validation problem; greedy) is measured -- the RL
+stage's in-training evaluation reads the validation split, never this one;
 the end prints the table, saves ``accuracy.png`` (plus each stage's loss / reward plots), exports
 the final policy to Hugging Face format and checks that transformers and vLLM load it and give
 the same greedy answers as the native checkpoint (decoded by the megatron model itself).
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"training.init_from_native={ck['dpo']}", f"value.init_from_native={ck['sft']}",
         f"training.train_steps={args.rl_steps}", f"training.save_interval={args.rl_steps}",
     )  # fmt: skip
-    print("\n=== held-out accuracy (300 problems, greedy) ===", flush=True)
+    print("\n=== test-split accuracy (300 problems, greedy) ===", flush=True)
     acc = {}
     for stage, root in ck.items():
         r = evaluate_native(root, task / "eval.jsonl", tokenizer_path=task / "tokenizer", limit=300)
@@ -190,7 +192,7 @@ def _report(out: Path, acc: dict, times: dict, export: dict) -> None:
     )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar(list(acc), [a["accuracy"] for a in acc.values()], color=["C0", "C1", "C2"])
-    ax.set(title="held-out answer accuracy after each stage", ylim=(0, 1))
+    ax.set(title="test-split answer accuracy after each stage", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
     summary = {"accuracy": acc, "stage_seconds": times, "export": export}

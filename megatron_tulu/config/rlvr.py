@@ -52,7 +52,7 @@ class RLVRConfig:
     reference: str = "policy"  # policy: a frozen copy of the initial policy; helper: see value
     reference_init: str | None = None  # helper reference: a native checkpoint root
     asynchronous: bool = False  # generate step t+1 while step t trains (one step off-policy)
-    eval_file: str | None = None  # held-out prompts for verifier accuracy (default: task eval)
+    eval_file: str | None = None  # held-out prompts for verifier accuracy (default: valid.jsonl)
     eval_interval: int = 0  # evaluate every N steps (and at the end); 0: never
     eval_limit: int = 200
 

@@ -3,8 +3,10 @@
 "Mia has 12 shells. Then Mia finds 5 more. Then Mia gives 4 away. How many shells does Mia have
 now?" A problem is a start value and 1-3 steps (add, subtract, multiply, divide exactly); its
 answer is computed from that structure, and its worked solution ends with ``#### <answer>``
-like GSM8K's. Problems go to the evaluation split by a hash of their question text, so train and
-evaluation never share a problem whatever the seed or sizes. Wrong solutions (for the rejected
+like GSM8K's. A problem's split (train, validation or test) is a hash of its arithmetic chain
+(the start value and every step's operation and amount; not the name, item or wording), so no
+chain is shared across splits whatever the seed or sizes: a test problem is never a training
+problem retold with another name, item or verb. Wrong solutions (for the rejected
 side of preference pairs) make one plausible mistake: an arithmetic slip, a wrong operation or a
 forgotten step.
 
@@ -192,10 +194,33 @@ def random_problem(rng: random.Random, level: int) -> ArithProblem:
     return ArithProblem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(steps))
 
 
-def is_eval_problem(question: str, eval_fraction: float) -> bool:
-    """Whether a problem belongs to the evaluation split (a hash of its text; seed-free)."""
-    digest = hashlib.sha256(question.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < eval_fraction * 2**64
+SPLITS = ("train", "valid", "test")
+
+
+def chain_key(problem: ArithProblem) -> str:
+    """The arithmetic chain: start value, then each step's operation and amount ("12|add:5|sub:4").
+    Two problems with the same chain are the same computation, however they are told."""
+    return "|".join([str(problem.start), *(f"{s.op}:{s.amount}" for s in problem.steps)])
+
+
+def chain_split(problem: ArithProblem, valid_fraction: float, test_fraction: float) -> str:
+    """The split of a problem's chain: "test" for the first ``test_fraction`` of the hash range,
+    "valid" for the next ``valid_fraction``, "train" for the rest (seed-free)."""
+    digest = hashlib.sha256(chain_key(problem).encode("utf-8")).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64
+    if point < test_fraction:
+        return "test"
+    return "valid" if point < test_fraction + valid_fraction else "train"
+
+
+def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction} must be strictly between 0 and 1")
+    if not 0.0 <= valid_fraction < 1.0 or valid_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"valid_fraction={valid_fraction} must be in [0, 1) and leave room for training "
+            f"(valid_fraction + test_fraction = {valid_fraction + test_fraction} must be < 1)"
+        )
 
 
 def generate_problems(
@@ -204,17 +229,17 @@ def generate_problems(
     count: int,
     split: str,
     levels: Sequence[int] = (1, 2, 3),
-    eval_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
 ) -> list[ArithProblem]:
-    """``count`` distinct problems of one split ("train" or "eval"), deterministic in ``seed``."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split={split!r} must be 'train' or 'eval'")
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction={eval_fraction} must be strictly between 0 and 1")
+    """``count`` distinct problems of one split ("train", "valid" or "test"), deterministic in
+    ``seed``; every problem's chain belongs to that split (:func:`chain_split`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")
+    _check_fractions(valid_fraction, test_fraction)
     if not levels or any(level < 1 for level in levels):
         raise ValueError(f"levels={tuple(levels)} must be a non-empty list of step counts >= 1")
     rng = random.Random(f"arith-{split}-{seed}")
-    want_eval = split == "eval"
     seen: set[str] = set()
     out: list[ArithProblem] = []
     budget = 100 * count + 10_000
@@ -223,7 +248,7 @@ def generate_problems(
             return out
         problem = random_problem(rng, levels[len(out) % len(levels)])
         question = problem.question()
-        if question in seen or is_eval_problem(question, eval_fraction) != want_eval:
+        if question in seen or chain_split(problem, valid_fraction, test_fraction) != split:
             continue
         seen.add(question)
         out.append(problem)

@@ -2,12 +2,15 @@
 
     python -m megatron_tulu.data.build_task --out DIR --seed S
 
-writes ``sft_train.jsonl``, ``sft_eval.jsonl``, ``pref_train.jsonl``, ``rl_train.jsonl``,
-``eval.jsonl``, ``tokenizer/`` (byte-level BPE trained here, with the special tokens of both chat
-templates and the chosen template in tokenizer_config.json) and ``task.json``. The SFT,
-preference and RL training problems are disjoint draws from the train split; ``sft_eval`` and
-``eval`` hold the evaluation problems (as SFT rows and as RL prompts). Everything is a pure
-function of the config: the same seed gives byte-identical files.
+writes ``sft_train.jsonl``, ``pref_train.jsonl``, ``rl_train.jsonl`` (training), ``sft_valid.jsonl``
+and ``valid.jsonl`` (the validation split, as SFT rows and as RL prompts: for held-out losses,
+in-training evaluation and any tuning), ``eval.jsonl`` (the test split, RL prompts: for reporting
+only), ``tokenizer/`` (byte-level BPE trained on the TRAINING text only, with the special tokens
+of both chat templates and the chosen template in tokenizer_config.json) and ``task.json``. The
+SFT, preference and RL training problems are disjoint draws from the train split. Splits are by
+arithmetic chain (:func:`megatron_tulu.data.arith_task.chain_split`): no start-and-steps chain
+appears in two splits. Everything is a pure function of the config: the same seed gives
+byte-identical files.
 
 Two data sources, as real SFT mixtures have: the "story" source (the problem told in full
 sentences, always answered with worked steps) and the "compact" source (``compact_fraction`` of
@@ -33,7 +36,15 @@ from megatron_tulu.data.chat_templates import chat_template_names, jinja_templat
 from megatron_tulu.data.train_tokenizer import BPETokenizerConfig, train_bpe_tokenizer
 
 DATASET_NAME = "arith"
-FILES = ("sft_train.jsonl", "sft_eval.jsonl", "pref_train.jsonl", "rl_train.jsonl", "eval.jsonl")
+FILES = (
+    "sft_train.jsonl",
+    "pref_train.jsonl",
+    "rl_train.jsonl",
+    "sft_valid.jsonl",
+    "valid.jsonl",
+    "eval.jsonl",
+)
+TRAIN_FILES = ("sft_train.jsonl", "pref_train.jsonl", "rl_train.jsonl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,22 +53,29 @@ class TaskConfig:
     num_sft_train: int = 20000
     num_pref_train: int = 4000
     num_rl_train: int = 4000
-    num_eval: int = 300
+    num_valid: int = 300  # validation problems (tuning, in-training evaluation)
+    num_eval: int = 300  # test problems (reporting)
     levels: tuple[int, ...] = (1, 2, 3)
-    eval_fraction: float = 0.1
+    valid_fraction: float = 0.1  # share of arithmetic chains in the validation split
+    test_fraction: float = 0.1  # share of arithmetic chains in the test split
     vocab_size: int = 1024
     chat_template: str = "tulu"
     compact_fraction: float = 0.5  # problems asked in the compact phrasing (second source)
     brief_fraction: float = 0.7  # compact-source SFT/preference answers without worked steps
 
     def __post_init__(self) -> None:
-        for name in ("num_sft_train", "num_pref_train", "num_rl_train", "num_eval"):
+        for name in ("num_sft_train", "num_pref_train", "num_rl_train", "num_valid", "num_eval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if not self.levels or any(level not in (1, 2, 3, 4, 5) for level in self.levels):
             raise ValueError(f"levels={self.levels} must be step counts between 1 and 5")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction={self.eval_fraction} must be strictly in (0, 1)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction={self.test_fraction} must be strictly in (0, 1)")
+        if not 0.0 < self.valid_fraction < 1.0 - self.test_fraction:
+            raise ValueError(
+                f"valid_fraction={self.valid_fraction} must be > 0 and leave room for training "
+                f"(valid_fraction + test_fraction={self.test_fraction} must be < 1)"
+            )
         for name in ("compact_fraction", "brief_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
@@ -132,10 +150,18 @@ def rl_row(item: Sourced) -> dict[str, object]:
 def build_rows(config: TaskConfig) -> dict[str, list[dict[str, object]]]:
     """The rows of every JSONL file, by file name."""
     num_train = config.num_sft_train + config.num_pref_train + config.num_rl_train
-    common = {"seed": config.seed, "levels": config.levels, "eval_fraction": config.eval_fraction}
+    common = {
+        "seed": config.seed,
+        "levels": config.levels,
+        "valid_fraction": config.valid_fraction,
+        "test_fraction": config.test_fraction,
+    }
     train = assign_sources(generate_problems(count=num_train, split="train", **common), config, "t")
-    evaluation = assign_sources(
-        generate_problems(count=config.num_eval, split="eval", **common), config, "e"
+    valid = assign_sources(
+        generate_problems(count=config.num_valid, split="valid", **common), config, "v"
+    )
+    test = assign_sources(
+        generate_problems(count=config.num_eval, split="test", **common), config, "e"
     )
     sft = train[: config.num_sft_train]
     pref = train[config.num_sft_train : config.num_sft_train + config.num_pref_train]
@@ -143,18 +169,20 @@ def build_rows(config: TaskConfig) -> dict[str, list[dict[str, object]]]:
     rng = random.Random(f"arith-rejected-{config.seed}")
     return {
         "sft_train.jsonl": [sft_row(p) for p in sft],
-        "sft_eval.jsonl": [sft_row(p) for p in evaluation],
         "pref_train.jsonl": [preference_row(p, rng) for p in pref],
         "rl_train.jsonl": [rl_row(p) for p in rl],
-        "eval.jsonl": [rl_row(p) for p in evaluation],
+        "sft_valid.jsonl": [sft_row(p) for p in valid],
+        "valid.jsonl": [rl_row(p) for p in valid],
+        "eval.jsonl": [rl_row(p) for p in test],
     }
 
 
 def _texts(rows: dict[str, list[dict[str, object]]]) -> list[str]:
-    """Every message content, the tokenizer's training text."""
+    """Every message content of the training files: the tokenizer's training text (validation
+    and test text never shapes the vocabulary)."""
     out = []
-    for file_rows in rows.values():
-        for row in file_rows:
+    for name in TRAIN_FILES:
+        for row in rows[name]:
             for key in ("messages", "chosen", "rejected"):
                 out.extend(m["content"] for m in row.get(key, []))  # type: ignore[union-attr]
     return out
@@ -211,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-sft-train", type=int, default=defaults.num_sft_train)
     parser.add_argument("--num-pref-train", type=int, default=defaults.num_pref_train)
     parser.add_argument("--num-rl-train", type=int, default=defaults.num_rl_train)
-    parser.add_argument("--num-eval", type=int, default=defaults.num_eval)
+    parser.add_argument("--num-valid", type=int, default=defaults.num_valid)
+    parser.add_argument("--num-eval", type=int, default=defaults.num_eval, help="test problems")
     parser.add_argument("--levels", type=int, nargs="+", default=list(defaults.levels))
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
     parser.add_argument("--chat-template", default=defaults.chat_template)
@@ -224,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_sft_train=args.num_sft_train,
             num_pref_train=args.num_pref_train,
             num_rl_train=args.num_rl_train,
+            num_valid=args.num_valid,
             num_eval=args.num_eval,
             levels=tuple(args.levels),
             vocab_size=args.vocab_size,

@@ -14,12 +14,14 @@ from data_helpers import SMALL_TASK
 
 from megatron_tulu.data.arith_task import (
     ArithProblem,
+    Step,
+    chain_key,
+    chain_split,
     extract_answer,
     generate_problems,
-    is_eval_problem,
     wrong_solution,
 )
-from megatron_tulu.data.build_task import FILES, build_rows, build_task, main
+from megatron_tulu.data.build_task import FILES, TRAIN_FILES, build_rows, build_task, main
 from megatron_tulu.data.chat_templates import jinja_template
 from megatron_tulu.data.preference import PreferenceDataset
 from megatron_tulu.data.sft import SFTDataset
@@ -90,18 +92,41 @@ def test_wrong_solutions_are_plausible_and_wrong() -> None:
         assert int(answer) >= 0
 
 
-def test_eval_split_is_disjoint_by_question_hash() -> None:
-    train = generate_problems(seed=3, count=400, split="train", eval_fraction=0.2)
-    evaluation = generate_problems(seed=3, count=100, split="eval", eval_fraction=0.2)
-    train_q = {p.question() for p in train}
-    eval_q = {p.question() for p in evaluation}
-    assert len(train_q) == 400 and len(eval_q) == 100
-    assert not train_q & eval_q
-    assert all(is_eval_problem(q, 0.2) for q in eval_q)
-    assert not any(is_eval_problem(q, 0.2) for q in train_q)
-    # a different seed's eval problems are still never train problems of this seed
-    other_eval = generate_problems(seed=4, count=100, split="eval", eval_fraction=0.2)
-    assert not train_q & {p.question() for p in other_eval}
+def test_splits_are_disjoint_by_arithmetic_chain() -> None:
+    fractions = {"valid_fraction": 0.2, "test_fraction": 0.2}
+    drawn = {
+        split: generate_problems(seed=3, count=count, split=split, **fractions)
+        for split, count in (("train", 400), ("valid", 100), ("test", 100))
+    }
+    chains = {split: {chain_key(p) for p in problems} for split, problems in drawn.items()}
+    for split, problems in drawn.items():
+        assert len({p.question() for p in problems}) == len(problems)  # distinct texts
+        assert all(chain_split(p, **fractions) == split for p in problems)
+    assert not chains["train"] & chains["valid"]
+    assert not chains["train"] & chains["test"]
+    assert not chains["valid"] & chains["test"]
+    # another seed's test problems never share a chain with this seed's training problems
+    other = generate_problems(seed=4, count=100, split="test", **fractions)
+    assert not chains["train"] & {chain_key(p) for p in other}
+
+
+def test_chain_ignores_name_item_and_wording() -> None:
+    """Problems that differ only in name, item or verb are one chain, so one split."""
+    a = ArithProblem("Mia", "shells", 12, (Step("add", 5, 0), Step("sub", 4, 0)))
+    b = ArithProblem("Tom", "coins", 12, (Step("add", 5, 2), Step("sub", 4, 1)))
+    c = ArithProblem("Mia", "shells", 12, (Step("add", 5, 0), Step("sub", 3, 0)))
+    assert a.question() != b.question()
+    assert chain_key(a) == chain_key(b) == "12|add:5|sub:4"
+    assert chain_key(c) != chain_key(a)
+    for fractions in ((0.1, 0.1), (0.3, 0.4), (0.0, 0.5)):
+        assert chain_split(a, *fractions) == chain_split(b, *fractions)
+
+
+def test_split_fractions_are_checked() -> None:
+    with pytest.raises(ValueError, match="valid_fraction=0.6"):
+        generate_problems(seed=0, count=1, split="train", valid_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(ValueError, match="split='eval'"):
+        generate_problems(seed=0, count=1, split="eval")
 
 
 @pytest.mark.parametrize(
@@ -144,18 +169,21 @@ def test_built_files_counts_and_splits(task_dir: Path) -> None:
     assert len(rows["sft_train.jsonl"]) == SMALL_TASK.num_sft_train
     assert description["config"]["seed"] == SMALL_TASK.seed
     questions = {name: {_question(r) for r in file_rows} for name, file_rows in rows.items()}
-    train = ("sft_train.jsonl", "pref_train.jsonl", "rl_train.jsonl")
-    for i, a in enumerate(train):
+    assert len(rows["valid.jsonl"]) == SMALL_TASK.num_valid
+    assert len(rows["eval.jsonl"]) == SMALL_TASK.num_eval
+    for i, a in enumerate(TRAIN_FILES):
         assert not questions[a] & questions["eval.jsonl"]
-        for b in train[i + 1 :]:
+        assert not questions[a] & questions["valid.jsonl"]
+        for b in TRAIN_FILES[i + 1 :]:
             assert not questions[a] & questions[b]
-    assert questions["sft_eval.jsonl"] == questions["eval.jsonl"]
+    assert not questions["valid.jsonl"] & questions["eval.jsonl"]
+    assert questions["sft_valid.jsonl"] == questions["valid.jsonl"]
     # the RL ground truth is the answer of the SFT solution for the same problem
-    solutions = {_question(r): r["messages"][1]["content"] for r in rows["sft_eval.jsonl"]}
-    for row in rows["eval.jsonl"] + rows["rl_train.jsonl"]:
+    solutions = {_question(r): r["messages"][1]["content"] for r in rows["sft_valid.jsonl"]}
+    for row in rows["eval.jsonl"] + rows["valid.jsonl"] + rows["rl_train.jsonl"]:
         assert row["dataset"] == "arith" and len(row["messages"]) == 1
         assert re.fullmatch(r"\d+", row["ground_truth"])
-    for row in rows["eval.jsonl"]:
+    for row in rows["valid.jsonl"]:
         assert extract_answer(solutions[_question(row)]) == row["ground_truth"]
     for row in rows["sft_train.jsonl"]:
         check_calc_lines(row["messages"][1]["content"])
@@ -188,11 +216,23 @@ def test_task_tokenizer(task_dir: Path, hf_tokenizer: HFTokenizer) -> None:
     assert config["chat_template"] == jinja_template(SMALL_TASK.chat_template)
     for token in LLAMA3_SPECIAL_TOKENS + TULU_SPECIAL_TOKENS:
         assert hf_tokenizer.encode(token) == [hf_tokenizer.token_to_id(token)]
-    for row in _rows(task_dir / "sft_eval.jsonl")[:20]:
+    num_ids = num_bytes = 0
+    for row in _rows(task_dir / "sft_valid.jsonl")[:20]:  # held-out text, not trained on
         text = row["messages"][1]["content"]
         ids = hf_tokenizer.encode(text)
         assert hf_tokenizer.decode(ids) == text
-        assert len(ids) < len(text.encode("utf-8")) / 2  # merges were learned for the task
+        num_ids, num_bytes = num_ids + len(ids), num_bytes + len(text.encode("utf-8"))
+    assert num_ids < num_bytes / 2  # the merges learned for the task carry over to held-out text
+
+
+def test_tokenizer_is_trained_on_training_text_only(task_dir: Path, tmp_path: Path) -> None:
+    """Other validation and test problems leave the tokenizer byte-identical; other training
+    problems change it (so the comparison can fail)."""
+    vocab = (task_dir / "tokenizer" / "tokenizer.json").read_bytes()
+    build_task(tmp_path / "held_out", replace(SMALL_TASK, num_valid=7, num_eval=90))
+    assert (tmp_path / "held_out" / "tokenizer" / "tokenizer.json").read_bytes() == vocab
+    build_task(tmp_path / "train", replace(SMALL_TASK, num_sft_train=SMALL_TASK.num_sft_train * 2))
+    assert (tmp_path / "train" / "tokenizer" / "tokenizer.json").read_bytes() != vocab
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,7 @@ class RLSummary:
 def _data(recipe: RecipeConfig):
     rl, data = recipe.rlvr, recipe.data
     train, tok = task_files(recipe, "rl_train.jsonl")  # data.train_file, or the embedded task's
-    evalf = rl.eval_file or str(Path(train).parent / "eval.jsonl")
+    evalf = rl.eval_file or _default_eval_file(Path(train).parent)
     tokenizer = load_tokenizer(tok)
     template = get_chat_template(data.chat_template, tokenizer)
     prompts, report = read_rl_prompts(
@@ -85,6 +85,14 @@ def _data(recipe: RecipeConfig):
         print(f"RL prompts {train}: {report.summary()}", flush=True)
     ref = tokenizer_ref(str(tok), data.chat_template)
     return tokenizer, stop_token_ids(tokenizer, template), prompts, eval_prompts, ref
+
+
+def _default_eval_file(data_dir: Path) -> str:
+    """In-training evaluation reads the validation split (``valid.jsonl``, which the embedded
+    task writes) so that the test split (``eval.jsonl``) is only ever used to report; a data
+    directory without a validation file falls back to ``eval.jsonl``."""
+    valid = data_dir / "valid.jsonl"
+    return str(valid if valid.exists() else data_dir / "eval.jsonl")
 
 
 def prompt_stream(num_prompts: int, per_step: int, seed: int) -> ShardedSampler:
