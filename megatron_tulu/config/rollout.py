@@ -30,15 +30,20 @@ if TYPE_CHECKING:
     from megatron_tulu.config.recipe import RecipeConfig
 
 ENGINE_DTYPES = ("float32", "bfloat16")
+PLACEMENTS = ("local", "external")
 
 
 @dataclass(kw_only=True)
 class RolloutConfig:
     """vLLM engine settings, independent of the trainer's parallel layout.
 
-    ``num_engines`` engines of ``vllm_tp`` workers each are started by trainer global rank 0;
-    prompts are shared round-robin between them. ``multiprocess=True`` (vLLM's default) runs
-    each engine core in its own process, so a crashing engine raises
+    ``placement="local"``: ``num_engines`` engines of ``vllm_tp`` workers each are started by
+    trainer global rank 0, in its own process tree (one node, CPU runs, tests).
+    ``placement="external"``: the launcher starts each engine as its own process(es) on the
+    rollout GPUs/nodes (``python -m megatron_tulu.rollout.host``, see docs/rollout.md); they
+    announce themselves in ``rendezvous_dir`` and trainer rank 0 only holds a thin client.
+    Either way prompts are shared round-robin between the engines. ``multiprocess=True``
+    (vLLM's default) runs each engine core in its own process, so a crashing engine raises
     :class:`~megatron_tulu.rollout.types.RolloutEngineDied` in the trainer instead of taking it
     down; ``False`` runs the engine inside the calling process (~10x faster start; tests and
     debugging; a single engine only).
@@ -59,8 +64,16 @@ class RolloutConfig:
     enable_prefix_caching: bool = True
     multiprocess: bool = True
     max_num_seqs: int = 256
-    # Weight sync: rendezvous address of trainer rank 0 (engines run on its node), bucket size
-    # for packing small tensors into one broadcast, and the limit on any one blocking step.
+    # Where the engines run: "local" (started by trainer rank 0) or "external" (engine hosts
+    # started by the launcher, found through rendezvous_dir; default <training.output_dir>/
+    # engines, filled in by engine_config); connect_timeout_s: how long rank 0 waits for them.
+    placement: str = "local"
+    rendezvous_dir: str | None = None
+    connect_timeout_s: float = 1800.0
+    # Weight sync: rendezvous address of trainer rank 0 ("auto" for external engines: the
+    # MT_SYNC_HOST environment variable, else this node's address on the route to the first
+    # engine), bucket size for packing small tensors into one broadcast, and the limit on any
+    # one blocking step.
     sync_host: str = "127.0.0.1"
     bucket_bytes: int = 32 * 2**20
     sync_timeout_s: float = 600.0
@@ -85,14 +98,18 @@ class RolloutConfig:
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_bool("multiprocess", self.multiprocess)
         check_int("max_num_seqs", self.max_num_seqs, minimum=1)
+        check_choice("placement", self.placement, PLACEMENTS)
+        check_optional_str("rendezvous_dir", self.rendezvous_dir)
+        self.connect_timeout_s = check_float("connect_timeout_s", self.connect_timeout_s, gt=0.0)
         check_str("sync_host", self.sync_host)
         check_int("bucket_bytes", self.bucket_bytes, minimum=0)
         self.sync_timeout_s = check_float("sync_timeout_s", self.sync_timeout_s, gt=0.0)
         self.call_timeout_s = check_float("call_timeout_s", self.call_timeout_s, gt=0.0)
-        if self.num_engines > 1 and not self.multiprocess:
+        if self.placement == "local" and self.num_engines > 1 and not self.multiprocess:
             raise ValueError(
                 f"num_engines ({self.num_engines}) > 1 needs multiprocess engines but "
-                "multiprocess is false: set multiprocess=true, or num_engines=1"
+                "multiprocess is false: set multiprocess=true, or num_engines=1 (or "
+                "placement=external: each engine host then holds one engine)"
             )
         per_engines = self.vllm_tp * self.num_engines
         if self.engine_gpus and self.engine_gpus != per_engines:
@@ -123,14 +140,23 @@ class RolloutConfig:
             )
 
 
-def engine_config(recipe: RecipeConfig, model_dir: str, *, on_gpu: bool) -> RolloutConfig:
+def default_rendezvous_dir(recipe: RecipeConfig) -> str:
+    """Where external engine hosts announce themselves unless ``rollout.rendezvous_dir`` says
+    otherwise: ``<training.output_dir>/engines``."""
+    return f"{recipe.training.output_dir.rstrip('/')}/engines"
+
+
+def engine_config(recipe: RecipeConfig, model_dir: str | None, *, on_gpu: bool) -> RolloutConfig:
     """The RLVR stage's engine: the recipe's rollout section with the engine inputs filled in
-    (context = ``rlvr.max_prompt_tokens + max_response_tokens``, seed = ``training.seed``). On a
-    GPU the KV cache is sized by ``gpu_memory_utilization`` (``kv_cache_gib`` is the CPU one)."""
+    (context = ``rlvr.max_prompt_tokens + max_response_tokens``, seed = ``training.seed``,
+    the rendezvous directory). On a GPU the KV cache is sized by ``gpu_memory_utilization``
+    (``kv_cache_gib`` is the CPU one). Engine hosts (``rollout.host``) and the trainer's client
+    both call it, so both see the same engine."""
     ro, rl = recipe.rollout, recipe.rlvr
     return dataclasses.replace(
         ro,
         model_dir=model_dir,
+        rendezvous_dir=ro.rendezvous_dir or default_rendezvous_dir(recipe),
         max_model_len=rl.max_prompt_tokens + rl.max_response_tokens,
         seed=recipe.training.seed,
         kv_cache_gib=None if on_gpu else ro.kv_cache_gib,

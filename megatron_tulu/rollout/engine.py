@@ -1,8 +1,11 @@
-"""RolloutEngine: vLLM engine(s) owned by trainer global rank 0.
+"""RolloutEngine: vLLM engine(s) used by trainer global rank 0.
 
-Process layout (``multiprocess=True``, vLLM's default): each of the ``num_engines`` engines is
-an ``LLM`` whose engine core runs in its own process (with its vLLM TP workers beside it); the
-trainer's rank-0 process holds only the client. A weight push joins trainer rank 0 and every
+Process layout, ``placement="local"`` (``multiprocess=True``, vLLM's default): each of the
+``num_engines`` engines is an ``LLM`` whose engine core runs in its own process (with its vLLM
+TP workers beside it), children of trainer rank 0. ``placement="external"``: each engine is an
+engine host started by the launcher on its own GPUs/nodes (``rollout.host``); rank 0 holds one
+connection per engine (``rollout.client``). The two kinds of engine handle have the same
+methods, so everything below is one code path. A weight push joins trainer rank 0 and every
 worker of every engine in ONE private group (rank 0: the trainer; engine ``e``'s worker ``w``:
 ``1 + e * tp + w``), so one broadcast reaches all engines.
 
@@ -18,18 +21,13 @@ import concurrent.futures as cf
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from megatron_tulu.rollout.checks import PushChecker, hf_tensor_shapes
 from megatron_tulu.rollout.config import RolloutConfig
-from megatron_tulu.rollout.engine_proc import (
-    EngineHandle,
-    in_thread,
-    make_llm,
-    sample_from_completion,
-)
+from megatron_tulu.rollout.engine_proc import EngineHandle, MultiNode, in_thread, make_llm
 from megatron_tulu.rollout.transport import (
     BucketSender,
     close_group,
@@ -38,6 +36,9 @@ from megatron_tulu.rollout.transport import (
     polling_wait,
 )
 from megatron_tulu.rollout.types import RolloutEngineDied, Sample, SyncStats, WeightSyncError
+
+if TYPE_CHECKING:
+    from megatron_tulu.config import ModelConfig
 
 _POLL_S = 0.05
 _BROKEN_GROUP_WAIT_S = 30.0
@@ -51,15 +52,35 @@ class RolloutEngine:
     for the collective push from every trainer rank.
     """
 
-    def __init__(self, config: RolloutConfig) -> None:
-        if config.model_dir is None:
+    def __init__(
+        self,
+        config: RolloutConfig,
+        *,
+        model: ModelConfig | None = None,
+        load_format: str = "auto",
+        multinode: MultiNode | None = None,
+    ) -> None:
+        """``model``: the policy's config (required for external engines, whose weights come
+        from the first push; otherwise read from ``model_dir``). ``load_format="dummy"``
+        starts local engines from random weights; ``multinode``: this process is node rank 0
+        of a multi-node engine (engine hosts only)."""
+        external = config.placement == "external"
+        if config.model_dir is None and not external:
             raise ValueError(
                 "RolloutConfig.model_dir is None: the engine needs the HF directory to start "
                 "from (a recipe's rollout section leaves it unset; build the engine's config "
                 "with megatron_tulu.config.rollout.engine_config, or pass model_dir)"
             )
+        if external and (model is None or config.rendezvous_dir is None):
+            raise ValueError(
+                "rollout.placement is 'external': the client needs the policy's ModelConfig "
+                f"(model={model!r}) and rollout.rendezvous_dir ({config.rendezvous_dir!r})"
+            )
         self.config = config
-        self.engines: list[EngineHandle] = []
+        self.model = model
+        self.load_format = load_format
+        self.multinode = multinode
+        self.engines: list[Any] = []  # EngineHandle (local) or RemoteEngineHandle (external)
         self._group: Any = None
         self._expected: dict[str, tuple[int, ...]] = {}
         self._broken: str | None = None
@@ -82,14 +103,34 @@ class RolloutEngine:
         if self.engines:
             return self
         cfg = self.config
-        self._expected = hf_tensor_shapes(read_hf_config(cfg.model_dir))
+        self._expected = hf_tensor_shapes(self.model or read_hf_config(cfg.model_dir))
         try:
+            if cfg.placement == "external":
+                from megatron_tulu.rollout.client import connect_engines
+
+                self.engines = connect_engines(cfg, self._expected)
+                return self
             for index in range(cfg.num_engines):
-                self.engines.append(EngineHandle(index, make_llm(cfg)))
+                llm = make_llm(cfg, load_format=self.load_format, multinode=self.multinode)
+                self.engines.append(EngineHandle(index, llm))
         except BaseException:
             self.close()
             raise
         return self
+
+    def on_engine(self, index: int, what: str, fn: Callable[[Any], Any]) -> Any:
+        """``fn(handle)`` for engine ``index``, on a helper thread while watching the engine
+        (RolloutEngineDied as soon as it dies; the engine hosts serve requests with this)."""
+        self._require_started()
+        handle = self.engines[index]
+        fns: list[Callable[[], Any] | None] = [None] * len(self.engines)
+        fns[index] = lambda: fn(handle)
+        return self._call_all(fns, what)[0]
+
+    @property
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{HF name: shape} of every tensor a full push contains."""
+        return dict(self._expected)
 
     def close(self) -> None:
         if self._group is not None:
@@ -107,7 +148,8 @@ class RolloutEngine:
         self.close()
 
     def engine_pids(self) -> list[int]:
-        """The engine-core process ids (the trainer's own pid for an in-process engine)."""
+        """The engine-core process ids (the trainer's own pid for an in-process engine; an
+        external engine's host process id, on its own node)."""
         return [e.pid for e in self.engines]
 
     def check_alive(self) -> None:
@@ -124,7 +166,7 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------- calls
     def _call_all(self, fns: list[Callable[[], Any] | None], what: str) -> list[Any]:
-        """Runs fns[e] against engine e concurrently; waits while watching the processes."""
+        """Runs fns[e] against engine e concurrently; waits while watching the engines."""
         futures = {
             e: in_thread(fn, f"rollout-{e}-{what}") for e, fn in enumerate(fns) if fn is not None
         }
@@ -183,9 +225,6 @@ class RolloutEngine:
         ``stop_token_ids``; a sample that ends on one has ``finish_reason == "stop"`` and that
         id as its last token. ``ignore_eos`` generates exactly ``max_tokens`` (tests).
         """
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         self._require_started()
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n ({n}) and max_tokens ({max_tokens}) must be >= 1")
@@ -198,36 +237,36 @@ class RolloutEngine:
             if not prompt:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
 
-        def params(i: int) -> Any:
-            return SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=None if seed is None else seed + i,
-                stop_token_ids=stop_token_ids,
-                ignore_eos=ignore_eos,
-                logprobs=0,
-                detokenize=False,
-            )
+        def params(i: int) -> dict[str, Any]:  # vLLM SamplingParams keywords
+            return {
+                "n": n,
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_tokens": max_tokens,
+                "seed": None if seed is None else seed + i,
+                "stop_token_ids": stop_token_ids,
+                "ignore_eos": ignore_eos,
+                "logprobs": 0,
+                "detokenize": False,
+            }
 
         count = len(self.engines)
         shares = [list(range(e, len(prompts), count)) for e in range(count)]
 
-        def job(engine: EngineHandle, idx: list[int]) -> Callable[[], Any] | None:
+        def job(engine: Any, idx: list[int]) -> Callable[[], Any] | None:
             if not idx:
                 return None
-            inputs = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in idx]
+            mine = [list(prompts[i]) for i in idx]
             plist = [params(i) for i in idx]
-            return lambda: engine.llm.generate(inputs, plist, use_tqdm=False)
+            return lambda: engine.generate(mine, plist)
 
         jobs = [job(e, s) for e, s in zip(self.engines, shares, strict=True)]
         outputs = self._call_all(jobs, "generate")
         samples: list[list[Sample]] = [[] for _ in prompts]
         active = [s for s in shares if s]
         for idx, outs in zip(active, outputs, strict=True):
-            for i, out in zip(idx, outs, strict=True):
-                samples[i] = [sample_from_completion(c) for c in out.outputs]
+            for i, group in zip(idx, outs, strict=True):
+                samples[i] = group
         return samples
 
     def score_logprobs(
@@ -238,9 +277,6 @@ class RolloutEngine:
         Computed as prompt log-probs, which vLLM returns at temperature 1 (no processing):
         ``log_softmax(logits)``. For tests and trainer-vs-engine drift checks.
         """
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         self._require_started()
         if len(sequences) != len(prompt_lens):
             raise ValueError(f"{len(sequences)} sequences but {len(prompt_lens)} prompt_lens")
@@ -249,42 +285,44 @@ class RolloutEngine:
                 raise ValueError(
                     f"sequence {i}: prompt_len ({plen}) must be in [1, len(seq) = {len(seq)})"
                 )
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        inputs = [TokensPrompt(prompt_token_ids=list(s)) for s in sequences]
         engine = self.engines[0]
-        (outs,) = self._call_all(
-            [lambda: engine.llm.generate(inputs, params, use_tqdm=False)], "score_logprobs"
-        )
-        scores = []
-        for seq, plen, out in zip(sequences, prompt_lens, outs, strict=True):
-            per_pos = out.prompt_logprobs  # [None, {token: Logprob}, ...]
-            scores.append([per_pos[j][seq[j]].logprob for j in range(plen, len(seq))])
+        seqs, plens = [list(s) for s in sequences], list(prompt_lens)
+        (scores,) = self._call_all([lambda: engine.score(seqs, plens)], "score_logprobs")
         return scores
 
     # ---------------------------------------------------------------- weights
+    def _sync_host(self) -> str:
+        """Trainer rank 0's address in the weight-sync group, as the engines must reach it."""
+        if self.config.placement == "external":
+            from megatron_tulu.rollout.client import resolve_sync_host
+
+            return resolve_sync_host(self.config, self.engines)
+        return self.config.sync_host
+
     def _join_group(self) -> None:
-        from megatron_tulu.platform import free_port
+        from megatron_tulu.rollout.client import free_port_on
 
         cfg = self.config
-        port = free_port()
+        host = self._sync_host()
+        port = free_port_on(host)
         backend = device_backend()
         tp = cfg.vllm_tp
 
-        def join(engine: EngineHandle) -> Callable[[], Any]:
+        def join(engine: Any) -> Callable[[], Any]:
             kwargs = {
-                "host": cfg.sync_host,
+                "host": host,
                 "port": port,
                 "rank_offset": 1 + engine.index * tp,
                 "world_size": cfg.group_size,
                 "backend": backend,
                 "timeout_s": cfg.sync_timeout_s,
             }
-            return lambda: engine.llm.collective_rpc("mt_join_weight_group", kwargs=kwargs)
+            return lambda: engine.collective_rpc("mt_join_weight_group", kwargs)
 
         futures = {e.index: in_thread(join(e), f"rollout-{e.index}-join") for e in self.engines}
         mine = in_thread(
             lambda: open_group(
-                host=cfg.sync_host,
+                host=host,
                 port=port,
                 rank=0,
                 world_size=cfg.group_size,
@@ -325,7 +363,7 @@ class RolloutEngine:
         checker = PushChecker(self._expected, where="push_weights") if validate else None
         rpcs = {
             e.index: in_thread(
-                (lambda eng=e: eng.llm.collective_rpc("mt_receive_weights")),
+                (lambda eng=e: eng.collective_rpc("mt_receive_weights")),
                 f"rollout-{e.index}-receive",
             )
             for e in self.engines
@@ -407,7 +445,7 @@ class RolloutEngine:
     def _reset_prefix_caches(self) -> None:
         """Drops KV blocks computed with the old weights (skipped for dead engines)."""
         fns = [
-            (lambda e=e: e.llm.reset_prefix_cache()) if e.dead_reason is None else None
+            (lambda e=e: e.reset_prefix_cache()) if e.dead_reason is None else None
             for e in self.engines
         ]
         with contextlib.suppress(RolloutEngineDied):
@@ -422,7 +460,7 @@ class RolloutEngine:
         """After a failed push: an engine whose reload could not be finalised is unusable."""
         with contextlib.suppress(Exception):
             reasons = self._call_all(
-                [lambda e=e: e.llm.collective_rpc("mt_broken_reason") for e in self.engines],
+                [lambda e=e: e.collective_rpc("mt_broken_reason") for e in self.engines],
                 "mt_broken_reason",
             )
             for e, per_worker in enumerate(reasons):
