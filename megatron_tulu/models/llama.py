@@ -28,9 +28,13 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_tulu.config import ModelConfig, ParallelDims
 from megatron_tulu.models.norm import LlamaRMSNorm
 from megatron_tulu.models.rope import llama3_inv_freq
+from megatron_tulu.models.sdpa_attention import SDPAttention
 from megatron_tulu.platform import ensure_platform, has_cuda
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")
+# Core attention of the local spec: "auto" is SDPA on CUDA (the fast path without TE) and
+# megatron's own DotProductAttention on CPU; either can be asked for anywhere.
+ATTENTION_CHOICES = ("auto", "local", "sdpa")
 
 
 def transformer_engine_usable() -> bool:
@@ -45,8 +49,11 @@ class BuildOptions:
     precision: str = "fp32"
     recompute: str = "none"
     use_transformer_engine: bool | None = None  # None: decide from the machine
+    attention: str = "auto"  # core attention when the local spec is used (ATTENTION_CHOICES)
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention ({self.attention!r}) must be one of {ATTENTION_CHOICES}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision ({self.precision!r}) must be 'fp32' or 'bf16'")
         if self.recompute not in RECOMPUTE_CHOICES:
@@ -62,6 +69,12 @@ class BuildOptions:
         if self.use_transformer_engine is None:
             return transformer_engine_usable()
         return self.use_transformer_engine
+
+    def sdpa(self) -> bool:
+        """Whether the local spec's core attention is SDPA (see models/sdpa_attention.py)."""
+        if self.attention == "auto":
+            return has_cuda()
+        return self.attention == "sdpa"
 
 
 def transformer_config(
@@ -99,6 +112,9 @@ def transformer_config(
         tensor_model_parallel_size=dims.tp,
         pipeline_model_parallel_size=dims.pp,
         virtual_pipeline_model_parallel_size=dims.vpp,
+        num_layers_in_first_pipeline_stage=dims.first_stage_layers,
+        num_layers_in_last_pipeline_stage=dims.last_stage_layers,
+        context_parallel_size=dims.cp,
         sequence_parallel=dims.sequence_parallel,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -123,7 +139,8 @@ def transformer_config(
 def layer_spec(
     config: TransformerConfig, options: BuildOptions, vp_stage: int | None, pp_rank: int | None
 ):
-    """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm."""
+    """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm (and SDPA core
+    attention where ``options.sdpa()``)."""
     if options.te():
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
@@ -133,6 +150,8 @@ def layer_spec(
     local = get_gpt_layer_local_spec(normalization="RMSNorm")
     local.submodules.input_layernorm = LlamaRMSNorm
     local.submodules.pre_mlp_layernorm = LlamaRMSNorm
+    if options.sdpa():
+        local.submodules.self_attention.submodules.core_attention = SDPAttention
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
     return TransformerBlockSubmodules(
         layer_specs=[local] * num_layers, layer_norm=ModuleSpec(module=LlamaRMSNorm)
@@ -162,6 +181,15 @@ def build_model_chunks(
             "untied input and output embeddings); set model.tie_word_embeddings=false"
         )
     options = options or BuildOptions()
+    if dims.cp > 1 and not options.te():
+        raise ValueError(
+            f"parallel.cp ({dims.cp}) > 1: megatron-core's context parallelism runs only in "
+            "Transformer Engine's attention (TEDotProductAttention); this build uses the local "
+            "spec (megatron-core's DotProductAttention, or the SDPA core attention; neither has "
+            "context parallelism) "
+            "because Transformer Engine is not importable on a CUDA machine here. Set "
+            "parallel.cp=1, or run where transformer-engine[pytorch] and a GPU are present"
+        )
     if pg is not None and (dims.pp != 1 or dims.vpp is not None or pg.tp.size() != dims.tp):
         raise ValueError(
             f"a model on its own groups runs without pipelining at the groups' TP size "

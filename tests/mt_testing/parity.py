@@ -36,6 +36,7 @@ def layout_worker(
     recompute: str = "none",
     sequence_parallel: bool = False,
     overlap_grad_reduce: bool = False,
+    attention: str = "local",
 ) -> LayoutRun:
     """Runs on every rank: load HF weights, forward logits of the whole batch, one train step.
 
@@ -73,7 +74,7 @@ def layout_worker(
             dims=dims,
             optimizer=opt,
             train_steps=1,
-            options=BuildOptions(recompute=recompute),
+            options=BuildOptions(recompute=recompute, attention=attention),
             overlap_grad_reduce=overlap_grad_reduce,
             load_weights=lambda chunks: load_hf_weights(
                 chunks, hf_dir, model=model, tp=tp, tp_rank=ps.get_tensor_model_parallel_rank()
