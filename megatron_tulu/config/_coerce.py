@@ -32,7 +32,7 @@ def _split_optional(annotation: Any) -> tuple[type, bool]:
 
 def _describe(base: type, optional: bool) -> str:
     names = {int: "an integer", float: "a float", bool: "a bool (true/false)", str: "a string"}
-    desc = names.get(base, base.__name__)
+    desc = "a list" if typing.get_origin(base) is list else names.get(base, base.__name__)
     return desc + " or null" if optional else desc
 
 
@@ -58,6 +58,14 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _coerce(value: Any, base: type) -> Any:
+    if typing.get_origin(base) is list:  # a YAML list; from the command line, YAML text
+        if isinstance(value, str):
+            import yaml
+
+            value = yaml.safe_load(value)
+        if not isinstance(value, list | tuple):
+            raise TypeError(value)
+        return list(value)  # the items are the section dataclass's to check
     if base is bool:
         if isinstance(value, bool):
             return value

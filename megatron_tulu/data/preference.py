@@ -2,9 +2,12 @@
 
 Rows are Tülu 3's ``{"chosen": [messages], "rejected": [messages]}``: the same prompt, then a
 final assistant turn each. The variant ``{"prompt": str | [messages], "chosen": str | [messages],
-"rejected": ...}`` is accepted too (a string is one user / assistant message). The loss mask of
-each side is its final response only (content and end token); the earlier turns are shared and
-cancel in DPO's log-ratio. Per-row response lengths serve length-normalised DPO.
+"rejected": ...}`` is accepted too (a string is one user / assistant message). The prompt goes in
+front of a side that holds no user turn; a side that holds one is taken whole, as in
+allenai/llama-3.1-tulu-3-8b-preference-mixture, whose ``prompt`` repeats a turn of the sides.
+The loss mask of each side is its final response only (content and end token); the earlier
+turns are shared and cancel in DPO's log-ratio. Per-row response lengths serve
+length-normalised DPO.
 """
 
 from __future__ import annotations
@@ -99,6 +102,18 @@ def _as_messages(value: Any, role: str) -> Any:
     return [{"role": role, "content": value}] if isinstance(value, str) else value
 
 
+def _with_prompt(prompt: list[Any], side: Any) -> Any:
+    """``side`` with the prompt in front, unless it already holds a user turn (Tülu 3's rows
+    repeat the whole conversation in chosen/rejected; ``prompt`` is then only a copy of it)."""
+    if not isinstance(side, list):
+        return side
+    if side[: len(prompt)] == prompt or any(
+        isinstance(m, dict) and m.get("role") == "user" for m in side
+    ):
+        return side
+    return prompt + side
+
+
 def parse_preference_row(row: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """``(chosen, rejected)`` conversations of one row, validated, or ``RowProblem``."""
     if not isinstance(row, dict):
@@ -112,10 +127,8 @@ def parse_preference_row(row: Any) -> tuple[list[dict[str, str]], list[dict[str,
         prompt = _as_messages(row["prompt"], "user")
         if not isinstance(prompt, list):
             raise RowProblem(BAD_FORMAT, "prompt must be a string or a list of messages")
-        if isinstance(chosen, list) and chosen[: len(prompt)] != prompt:
-            chosen = prompt + chosen
-        if isinstance(rejected, list) and rejected[: len(prompt)] != prompt:
-            rejected = prompt + rejected
+        chosen = _with_prompt(prompt, chosen)
+        rejected = _with_prompt(prompt, rejected)
     chosen = check_conversation(chosen, where="chosen")
     rejected = check_conversation(rejected, where="rejected")
     for name, conversation in (("chosen", chosen), ("rejected", rejected)):

@@ -42,15 +42,22 @@ class BadRowPolicy(StrEnum):
             ) from None
 
 
+def where(path: str, line: int, unit: str = "line") -> str:
+    """``file:line`` for line-based files (JSONL), ``file row N`` for tables (Parquet, Arrow,
+    JSON arrays, hub datasets); both 1-based."""
+    return f"{path}:{line}" if unit == "line" else f"{path} row {line}"
+
+
 @dataclass(frozen=True)
 class BadRow:
     path: str
-    line: int  # 1-based
+    line: int  # 1-based line (JSONL) or row (tables: see ``unit``)
     reason: str
     detail: str
+    unit: str = "line"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}: {self.detail}"
+        return f"{where(self.path, self.line, self.unit)}: {self.reason}: {self.detail}"
 
 
 class BadRowError(ValueError):

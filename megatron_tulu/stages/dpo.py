@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from megatron_tulu.config import ParallelDims, RecipeConfig
-from megatron_tulu.data.preference import PreferenceDataConfig, PreferenceDataset
+from megatron_tulu.data.preference import PreferenceDataset
 from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.engine.build import Engine
@@ -35,7 +35,7 @@ from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
 from megatron_tulu.engine.schedule import Runnable
 from megatron_tulu.losses.dpo import dpo_pair_loss, dpo_side_loss, pair_loss_coefficients
 from megatron_tulu.stages.data_files import (
-    data_options,
+    chat_dataset,
     stage_sampler,
     task_files,
     tokenizer_ref,
@@ -44,7 +44,6 @@ from megatron_tulu.stages.dpo_reference import (
     ReferenceLogpCache,
     cache_key,
     compute_reference_logps,
-    file_digest,
     pair_logps,
 )
 from megatron_tulu.stages.loop import StageContext
@@ -217,9 +216,7 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
     _check_pairing(pairing, dims)
     train_file, tok_path = task_files(recipe, "pref_train.jsonl")
     tokenizer = load_tokenizer(tok_path)
-    dataset = PreferenceDataset.from_jsonl(
-        train_file, tokenizer, PreferenceDataConfig(**data_options(recipe))
-    )
+    dataset = chat_dataset(recipe, "preference", tokenizer, tok_path, train_file)
     sampler = stage_sampler(
         recipe, dims, what="DPO", path=train_file, report=dataset.report,
         num_samples=len(dataset), global_batch_size=dims.global_batch_size // 2,
@@ -232,16 +229,16 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
     return DPOTask(
         batches=PreferenceBatches(dataset=dataset, dims=dims, seq_length=seq, pairing=pairing),
         train_file=train_file, sampler=sampler, forward_step=forward_step(loss),
-        cache=reference_cache(recipe, train_file), beta=beta, loss_type=loss_type,
+        cache=reference_cache(recipe, dataset.fingerprint), beta=beta, loss_type=loss_type,
         vocab_size=vocab, tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
     )  # fmt: skip
 
 
-def reference_cache(recipe: RecipeConfig, train_file: str) -> ReferenceLogpCache:
+def reference_cache(recipe: RecipeConfig, data_key: str) -> ReferenceLogpCache:
     t = recipe.training
     init = t.init_from_native or t.init_from_hf or "random-init"
     key = cache_key(
-        data=file_digest(train_file),
+        data=data_key,
         init=str(init), seq_length=t.seq_length, template=recipe.data.chat_template,
         max_length=recipe.data.max_length, seed=t.seed, model=recipe.model.name,
     )  # fmt: skip

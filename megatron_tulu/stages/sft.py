@@ -1,11 +1,13 @@
 """Supervised fine-tuning (Tülu 3 stage 1): conversations in, assistant-token loss out.
 
-Conversations from a `messages` JSONL (or the embedded arithmetic task, built on first use) are
-tokenised with a chat template, packed into rows of ``training.seq_length`` tokens (documents
-never attend to or predict each other: block-diagonal causal masks, positions restarting per
-document), and read in a seeded, data-parallel-sharded order addressed by ``consumed_samples``
-so a resume continues exactly. The loss is a sum over response tokens (Tülu 3) or their mean
-(``data.loss_reduction``): :func:`megatron_tulu.losses.sft.sft_loss`.
+Conversations in Tülu 3's `messages` layout (``data.train_file``, a mixture of ``data.sources``,
+or the embedded arithmetic task, built on first use) are tokenised with a chat template (once,
+into the tokenised-data cache: :mod:`megatron_tulu.stages.data_files`), packed into rows of
+``training.seq_length`` tokens (documents never attend to or predict each other: block-diagonal
+causal masks, positions restarting per document), and read in a seeded, data-parallel-sharded
+order addressed by ``consumed_samples`` so a resume continues exactly. The loss is a sum over
+response tokens (Tülu 3) or their mean (``data.loss_reduction``):
+:func:`megatron_tulu.losses.sft.sft_loss`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.batching import SFTBatch, packed_attention_mask
 from megatron_tulu.data.packing import PackedSFTDataset
 from megatron_tulu.data.sampler import ShardedSampler
-from megatron_tulu.data.sft import SFTDataConfig, SFTDataset
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.engine.forward import ForwardStep, forward_step
 from megatron_tulu.engine.microbatch import MicroBatch, slice_rows
 from megatron_tulu.losses.sft import sft_loss
 from megatron_tulu.stages.data_files import (
-    data_options,
+    chat_dataset,
     stage_sampler,
     task_files,
     tokenizer_ref,
@@ -73,7 +74,7 @@ def sft_task(recipe: RecipeConfig, dims: ParallelDims) -> SFTTask:
             f"data.max_length ({data.max_length}) exceeds training.seq_length + 1 ({seq + 1}) "
             "with data.pack=false: lower data.max_length or raise training.seq_length"
         )
-    dataset = SFTDataset.from_jsonl(train_file, tokenizer, SFTDataConfig(**data_options(recipe)))
+    dataset = chat_dataset(recipe, "sft", tokenizer, tok_path, train_file)
     rows = PackedSFTDataset(dataset, seq_length=seq) if data.pack else dataset
     sampler = stage_sampler(
         recipe, dims, what="SFT", path=train_file, report=dataset.report,

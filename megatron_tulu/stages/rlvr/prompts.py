@@ -1,16 +1,20 @@
-"""RL prompts with ground truth: JSONL rows ``{"messages": [...], "ground_truth": ...,
-"dataset": "gsm8k" | "math" | "ifeval" | "arith", "verifier": optional name}``.
+"""RL prompts with ground truth: rows ``{"messages": [...], "ground_truth": ..., "dataset":
+"gsm8k" | "MATH" | "ifeval" | "arith", "verifier": optional name}`` (Tülu 3's RLVR layout, as in
+allenai/RLVR-GSM-MATH-IF-Mixed-Constraints).
 
 The prompt is the conversation rendered with the chat template and a generation prompt
 (the last message must not be the assistant's). The verifier comes from ``verifier``, else from
-``dataset`` (:data:`DATASET_VERIFIERS`). A row without ground truth, or with an unknown
-verifier, is a data error naming the file and line (RLVR cannot score it). Broken JSON and bad
-messages follow ``data.bad_rows``; prompts longer than ``rlvr.max_prompt_tokens`` are filtered
-and counted.
+``dataset`` (:data:`DATASET_VERIFIERS`, case-insensitive). A row without ground truth, or with an
+unknown verifier, is a data error naming the file and row (RLVR cannot score it). Broken JSON
+and bad messages follow ``data.bad_rows``; prompts longer than ``rlvr.max_prompt_tokens`` are
+filtered and counted. The training prompts come from the tokenised-data cache
+(:func:`prompts_from_table`); :func:`read_rl_prompts` reads one JSONL file directly (the
+held-out prompts).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,11 @@ from megatron_tulu.data.rows import (
     BadRowPolicy,
     DataReport,
     RowProblem,
-    check_conversation,
     read_jsonl,
     reject,
+    where,
 )
+from megatron_tulu.data.tokenised import good_rows, parse_rl_row
 
 DATASET_VERIFIERS = {"gsm8k": "gsm8k", "arith": "gsm8k", "math": "math", "ifeval": "ifeval"}
 TOO_LONG = "prompt longer than rlvr.max_prompt_tokens"
@@ -40,18 +45,43 @@ class RLPrompt:
     line: int
 
 
-def _verifier_name(row: dict[str, Any], path: str, line: int) -> tuple[str, str]:
+def _verifier_name(row: dict[str, Any], at: str) -> tuple[str, str]:
     from megatron_tulu.rewards import available_verifiers
 
-    dataset = str(row.get("dataset", ""))
+    dataset = str(row.get("dataset") or "")
     name = row.get("verifier") or DATASET_VERIFIERS.get(dataset.lower())
     if name is None or name not in available_verifiers():
         raise ValueError(
-            f"{path}:{line}: no verifier for this row (verifier={row.get('verifier')!r}, "
+            f"{at}: no verifier for this row (verifier={row.get('verifier')!r}, "
             f"dataset={dataset!r}): set 'verifier' to one of {sorted(available_verifiers())} or "
             f"'dataset' to one of {sorted(DATASET_VERIFIERS)}"
         )
     return str(name), dataset or str(name)
+
+
+def _prompt(
+    row: dict[str, Any], ids: list[int], origin: tuple[str, int, str], report: DataReport,
+    max_prompt_tokens: int,
+) -> RLPrompt | None:  # fmt: skip
+    """The prompt of a row whose messages are good (None: too long, counted in ``report``)."""
+    path, line, unit = origin
+    at = where(path, line, unit)
+    if row.get("ground_truth") is None:
+        raise ValueError(
+            f"{at}: RL prompt row has no 'ground_truth': RLVR cannot score its answers; "
+            "add the reference answer or drop the row"
+        )
+    verifier, dataset = _verifier_name(row, at)
+    if len(ids) > max_prompt_tokens:
+        report.add_bad(
+            BadRow(path, line, TOO_LONG, f"{len(ids)} > {max_prompt_tokens} tokens", unit)
+        )
+        return None
+    report.num_rows_kept += 1
+    return RLPrompt(
+        prompt_ids=ids, ground_truth=row["ground_truth"], verifier=verifier, dataset=dataset,
+        path=path, line=line,
+    )  # fmt: skip
 
 
 def read_rl_prompts(
@@ -61,41 +91,43 @@ def read_rl_prompts(
     max_prompt_tokens: int,
     bad_rows: str = "skip",
 ) -> tuple[list[RLPrompt], DataReport]:
+    """The prompts of one JSONL file, in file order."""
     policy = BadRowPolicy.parse(bad_rows)
     report = DataReport(num_examples_per_reason=3)
     prompts: list[RLPrompt] = []
     for line, row in read_jsonl(path):
         report.num_rows_read += 1
-        where = f"{path}:{line}"
         try:
             if isinstance(row, RowProblem):
                 raise row
-            if not isinstance(row, dict):
-                raise RowProblem("not a JSON object", f"got {type(row).__name__}")
-            messages = check_conversation(row.get("messages"), require_assistant=False)
-            if messages[-1]["role"] == "assistant":
-                raise RowProblem("ends with an assistant turn", "the prompt must end before it")
+            messages = parse_rl_row(row)
         except RowProblem as problem:
             reject(report, policy, BadRow(str(path), line, problem.reason, problem.detail))
             continue
-        if row.get("ground_truth") is None:
-            raise ValueError(
-                f"{where}: RL prompt row has no 'ground_truth': RLVR cannot score its answers; "
-                "add the reference answer or drop the row"
-            )
-        verifier, dataset = _verifier_name(row, str(path), line)
         ids = template.render_prompt(messages)
-        if len(ids) > max_prompt_tokens:
-            report.add_bad(
-                BadRow(str(path), line, TOO_LONG, f"{len(ids)} > {max_prompt_tokens} tokens")
-            )
-            continue
-        prompt = RLPrompt(
-            prompt_ids=ids, ground_truth=row["ground_truth"], verifier=verifier,
-            dataset=dataset, path=str(path), line=line,
-        )  # fmt: skip
-        prompts.append(prompt)
-        report.num_rows_kept += 1
+        prompt = _prompt(row, ids, (str(path), line, "line"), report, max_prompt_tokens)
+        if prompt is not None:
+            prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path}: no usable RL prompts\n{report.summary()}")
+    return prompts, report
+
+
+def prompts_from_table(
+    table: Any, *, label: str, max_prompt_tokens: int, bad_rows: str = "skip"
+) -> tuple[list[RLPrompt], DataReport]:
+    """The prompts of a tokenised RL table (kind "rl", :mod:`megatron_tulu.data.tokenised`)."""
+    rows, report = good_rows(table, bad_rows=bad_rows, num_report_examples=3)
+    prompts: list[RLPrompt] = []
+    for r in rows:
+        v = r.values
+        row = {
+            "ground_truth": None if v["ground_truth"] is None else json.loads(v["ground_truth"]),
+            "dataset": v["dataset"], "verifier": v["verifier"] or None,
+        }  # fmt: skip
+        prompt = _prompt(row, v["prompt_ids"], (r.file, r.row, r.unit), report, max_prompt_tokens)
+        if prompt is not None:
+            prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"{label}: no usable RL prompts\n{report.summary()}")
     return prompts, report

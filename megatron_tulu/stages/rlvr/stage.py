@@ -33,7 +33,12 @@ from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
 from megatron_tulu.models.llama import BuildOptions
 from megatron_tulu.rollout.policy_sync import push_policy_weights
-from megatron_tulu.stages.data_files import task_files, tokenizer_ref
+from megatron_tulu.stages.data_files import (
+    record_mixture,
+    task_files,
+    tokenised_table,
+    tokenizer_ref,
+)
 from megatron_tulu.stages.loop import StageContext, StepOutput
 from megatron_tulu.stages.rlvr.batch import build_rollout_batch
 from megatron_tulu.stages.rlvr.engine_start import start_rollout_engine
@@ -44,7 +49,7 @@ from megatron_tulu.stages.rlvr.generation import (
     stop_token_ids,
 )
 from megatron_tulu.stages.rlvr.models import build_policy, build_reference, build_value
-from megatron_tulu.stages.rlvr.prompts import RLPrompt, read_rl_prompts
+from megatron_tulu.stages.rlvr.prompts import RLPrompt, prompts_from_table, read_rl_prompts
 from megatron_tulu.stages.rlvr.update import learn
 
 
@@ -69,12 +74,14 @@ class RLSummary:
 def _data(recipe: RecipeConfig):
     rl, data = recipe.rlvr, recipe.data
     train, tok = task_files(recipe, "rl_train.jsonl")  # data.train_file, or the embedded task's
-    evalf = rl.eval_file or _default_eval_file(Path(train).parent)
+    evalf = rl.eval_file or (None if data.sources else _default_eval_file(Path(train).parent))
     tokenizer = load_tokenizer(tok)
     template = get_chat_template(data.chat_template, tokenizer)
-    prompts, report = read_rl_prompts(
-        train, template, max_prompt_tokens=rl.max_prompt_tokens, bad_rows=data.bad_rows
+    table, meta, _ = tokenised_table(recipe, "rl", tokenizer, str(tok), train)
+    prompts, report = prompts_from_table(
+        table, label=train, max_prompt_tokens=rl.max_prompt_tokens, bad_rows=data.bad_rows
     )
+    record_mixture(recipe, meta, report)
     eval_prompts: list[RLPrompt] = []
     if evalf and rl.eval_interval:
         eval_prompts, _ = read_rl_prompts(

@@ -1,0 +1,291 @@
+"""Rows of a mixture -> a tokenised table (``datasets``, built by several worker processes) ->
+the datasets the stages train on.
+
+The table keeps every row of the mixture in order, good or bad: a bad row has a ``problem``
+(the reason) and ``detail`` instead of tokens, so the bad-row policy, the report and (for RL)
+the prompt-length filter and the verifier lookup are applied when the table is read, and the
+table does not depend on them. Each row keeps its origin (source index, file, 1-based row and
+whether that is a line or a table row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from megatron_tulu.data.chat_templates import ChatTemplate, get_chat_template
+from megatron_tulu.data.mixture import MixturePlan, plan_mixture
+from megatron_tulu.data.preference import (
+    PreferenceDataConfig,
+    PreferenceDataset,
+    PreferenceExample,
+)
+from megatron_tulu.data.preference import _tokenise as tokenise_pair
+from megatron_tulu.data.rows import (
+    BAD_FORMAT,
+    BadRow,
+    BadRowPolicy,
+    DataReport,
+    RowProblem,
+    check_conversation,
+    reject,
+)
+from megatron_tulu.data.sft import SFTDataConfig, SFTDataset, SFTExample
+from megatron_tulu.data.sft import _tokenise as tokenise_conversation
+from megatron_tulu.data.sources import KIND_COLUMNS, SourceSpec, read_source
+from megatron_tulu.data.tokenizers import load_tokenizer
+
+ROWS_PER_WORKER = 10_000  # automatic num_proc: one worker per this many rows, up to the CPUs
+ORIGIN = ("source", "file", "row", "unit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokeniseSettings:
+    """Everything that turns a row into tokens (all of it is part of the cache key)."""
+
+    kind: str  # "sft", "preference" or "rl"
+    tokenizer_path: str
+    chat_template: str = "tulu"
+    add_bos: bool = True
+    max_length: int = 4096  # sft/preference (per side); RL prompts are filtered when read
+    too_long: str = "bad_row"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KIND_COLUMNS:
+            raise ValueError(f"kind={self.kind!r} is not one of {sorted(KIND_COLUMNS)}")
+
+    def key_parts(self) -> dict[str, Any]:
+        parts = asdict(self)
+        del parts["tokenizer_path"]  # the tokenizer counts by its files' hash (token_cache)
+        if self.kind == "rl":
+            del parts["max_length"], parts["too_long"]
+        return parts
+
+
+def _features(kind: str) -> Any:
+    import datasets
+
+    ids, mask = datasets.List(datasets.Value("int32")), datasets.List(datasets.Value("bool"))
+    common = {
+        "source": datasets.Value("int32"), "file": datasets.Value("string"),
+        "row": datasets.Value("int64"), "unit": datasets.Value("string"),
+        "problem": datasets.Value("string"), "detail": datasets.Value("string"),
+        "truncated": datasets.Value("bool"),
+    }  # fmt: skip
+    per_kind = {
+        "sft": {"input_ids": ids, "loss_mask": mask},
+        "preference": {
+            "chosen_ids": ids,
+            "chosen_mask": mask,
+            "rejected_ids": ids,
+            "rejected_mask": mask,
+        },
+        "rl": {
+            "prompt_ids": ids,
+            "ground_truth": datasets.Value("string"),
+            "dataset": datasets.Value("string"),
+            "verifier": datasets.Value("string"),
+        },
+    }
+    return datasets.Features({**common, **per_kind[kind]})
+
+
+_PER_PROCESS: dict[TokeniseSettings, tuple[ChatTemplate, Any]] = {}  # per worker process
+
+
+def _prepared(settings: TokeniseSettings) -> tuple[ChatTemplate, Any]:
+    """The template (tokenizer loaded once per process) and the row config of ``settings``."""
+    if settings not in _PER_PROCESS:
+        tokenizer = load_tokenizer(settings.tokenizer_path)
+        template = get_chat_template(settings.chat_template, tokenizer, add_bos=settings.add_bos)
+        config: Any = None
+        if settings.kind == "sft":
+            config = SFTDataConfig(**_config(settings))
+        elif settings.kind == "preference":
+            config = PreferenceDataConfig(**_config(settings))
+        _PER_PROCESS[settings] = (template, config)
+    return _PER_PROCESS[settings]
+
+
+def parse_rl_row(row: Any) -> list[dict[str, str]]:
+    """The prompt messages of an RL row, or ``RowProblem`` (ground truth is checked later)."""
+    if not isinstance(row, dict):
+        raise RowProblem("not a JSON object", f"got {type(row).__name__}")
+    messages = check_conversation(row.get("messages"), require_assistant=False)
+    if messages[-1]["role"] == "assistant":
+        raise RowProblem("ends with an assistant turn", "the prompt must end before it")
+    return messages
+
+
+def _empty(kind: str) -> dict[str, Any]:
+    if kind == "sft":
+        return {"input_ids": [], "loss_mask": []}
+    if kind == "preference":
+        return {"chosen_ids": [], "chosen_mask": [], "rejected_ids": [], "rejected_mask": []}
+    return {"prompt_ids": [], "ground_truth": None, "dataset": "", "verifier": ""}
+
+
+def tokenise_row(raw: str, settings: TokeniseSettings) -> dict[str, Any]:
+    """One row (JSON text) -> its table columns (``problem`` set when it is unusable)."""
+    (template, config), kind = _prepared(settings), settings.kind
+    out = {"problem": "", "detail": "", "truncated": False, **_empty(kind)}
+    try:
+        row = json.loads(raw)
+        if kind == "sft":
+            ex = tokenise_conversation(row, template, config, "", 0)
+            out.update(input_ids=ex.input_ids, loss_mask=ex.loss_mask, truncated=ex.truncated)
+        elif kind == "preference":
+            pair = tokenise_pair(row, template, config, "", 0)
+            out.update(
+                chosen_ids=pair.chosen_ids, chosen_mask=pair.chosen_mask,
+                rejected_ids=pair.rejected_ids, rejected_mask=pair.rejected_mask,
+                truncated=pair.truncated,
+            )  # fmt: skip
+        else:
+            messages = parse_rl_row(row)
+            truth = row.get("ground_truth")
+            out.update(
+                prompt_ids=template.render_prompt(messages),
+                ground_truth=None if truth is None else json.dumps(truth),
+                dataset=str(row.get("dataset") or ""), verifier=str(row.get("verifier") or ""),
+            )  # fmt: skip
+    except RowProblem as problem:
+        out.update(problem=problem.reason, detail=problem.detail, **_empty(kind))
+    return out
+
+
+def _config(settings: TokeniseSettings) -> dict[str, Any]:
+    return {
+        "chat_template": settings.chat_template, "max_length": settings.max_length,
+        "too_long": settings.too_long, "add_bos": settings.add_bos,
+    }  # fmt: skip
+
+
+def _tokenise_batch(batch: dict[str, list[Any]], settings: TokeniseSettings) -> dict[str, list]:
+    out: dict[str, list[Any]] = {}
+    for raw, problem, detail in zip(batch["raw"], batch["problem"], batch["detail"], strict=True):
+        cols = (
+            {"problem": problem, "detail": detail, "truncated": False, **_empty(settings.kind)}
+            if problem
+            else tokenise_row(raw, settings)
+        )
+        for name, value in cols.items():
+            out.setdefault(name, []).append(value)
+    return out
+
+
+def auto_num_proc(num_rows: int, num_proc: int) -> int:
+    """``num_proc`` if set (>= 1), else one worker per ROWS_PER_WORKER rows, up to the CPUs."""
+    if num_proc > 0:
+        return num_proc
+    return max(1, min(os.cpu_count() or 1, num_rows // ROWS_PER_WORKER))
+
+
+def build_table(
+    specs: Sequence[SourceSpec], settings: TokeniseSettings, *, seed: int, shuffle: bool,
+    num_proc: int = 0,
+) -> tuple[Any, MixturePlan]:  # fmt: skip
+    """Reads the sources, mixes them and tokenises the mixture (``num_proc`` workers; 0 =
+    automatic); returns the in-memory table (mixture order) and the mixture plan."""
+    import datasets
+
+    raws = [read_source(spec, settings.kind) for spec in specs]
+    plan = plan_mixture(specs, [len(r) for r in raws], seed=seed, shuffle=shuffle)
+    cols: dict[str, list[Any]] = {k: [] for k in (*ORIGIN, "raw", "problem", "detail")}
+    for source, index in plan.order:
+        raw = raws[source][index]
+        bad = isinstance(raw.value, RowProblem)
+        cols["source"].append(source)
+        cols["file"].append(raw.file)
+        cols["row"].append(raw.row)
+        cols["unit"].append(raw.unit)
+        cols["raw"].append(None if bad else json.dumps(raw.value, default=str))
+        cols["problem"].append(raw.value.reason if bad else "")
+        cols["detail"].append(raw.value.detail if bad else "")
+    del raws
+    table = datasets.Dataset.from_dict(cols)
+    workers = auto_num_proc(len(table), num_proc)
+    tokenised = table.map(
+        _tokenise_batch, batched=True, batch_size=256, fn_kwargs={"settings": settings},
+        num_proc=workers if workers > 1 else None, remove_columns=["raw"],
+        features=_features(settings.kind), desc=f"tokenising {settings.kind} data",
+    )  # fmt: skip
+    return tokenised, plan
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """A good row of a tokenised table, with its origin."""
+
+    values: dict[str, Any]
+    file: str
+    row: int
+    unit: str
+    source: int
+
+
+def good_rows(
+    table: Any, *, bad_rows: str, num_report_examples: int
+) -> tuple[Iterator[TableRow], DataReport]:
+    """The table's good rows in order (a generator: consume it before reading the report);
+    bad rows are counted in the report, or raise under ``bad_rows="fail"``."""
+    policy = BadRowPolicy.parse(bad_rows)
+    report = DataReport(num_examples_per_reason=num_report_examples)
+    columns = table.data.table.to_pydict()
+
+    def rows() -> Iterator[TableRow]:
+        names = list(columns)
+        for values in zip(*(columns[n] for n in names), strict=True):
+            row = dict(zip(names, values, strict=True))
+            report.num_rows_read += 1
+            origin = (row.pop("file"), row.pop("row"), row.pop("unit"))
+            if row["problem"]:
+                bad = BadRow(origin[0], origin[1], row["problem"], row["detail"], origin[2])
+                reject(report, policy, bad)
+                continue
+            yield TableRow(row, *origin, source=row.pop("source"))
+
+    return rows(), report
+
+
+def sft_dataset(table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3):
+    """The table (kind "sft") as an :class:`SFTDataset`."""
+    rows, report = good_rows(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    examples = []
+    for r in rows:
+        v = r.values
+        examples.append(SFTExample(v["input_ids"], v["loss_mask"], r.file, r.row, v["truncated"]))
+        report.num_rows_kept += 1
+        report.num_truncated += int(v["truncated"])
+    return SFTDataset(examples, report, pad_id=pad_id)
+
+
+def preference_dataset(table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3):
+    """The table (kind "preference") as a :class:`PreferenceDataset`."""
+    rows, report = good_rows(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    examples = []
+    for r in rows:
+        v = r.values
+        examples.append(
+            PreferenceExample(
+                v["chosen_ids"],
+                v["chosen_mask"],
+                v["rejected_ids"],
+                v["rejected_mask"],
+                r.file,
+                r.row,
+                v["truncated"],
+            )
+        )
+        report.num_rows_kept += 1
+        report.num_truncated += int(v["truncated"])
+    return PreferenceDataset(examples, report, pad_id=pad_id)
+
+
+__all__ = [
+    "BAD_FORMAT", "TableRow", "TokeniseSettings", "build_table", "good_rows", "parse_rl_row",
+    "preference_dataset", "sft_dataset", "tokenise_row",
+]  # fmt: skip
