@@ -22,17 +22,37 @@ LossFn = Callable[[MicroBatch, torch.Tensor], LossOutput]
 ForwardStep = Callable[[Iterator[MicroBatch], torch.nn.Module], tuple[torch.Tensor, Callable]]
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights live (a GPU under CUDA, the CPU otherwise)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def to_device(batch: MicroBatch, device: torch.device) -> MicroBatch:
+    """The micro-batch with every tensor on ``device`` (data is built on the CPU; a batch that
+    is already there is returned as is)."""
+    if all(v.device == device for v in batch.values() if isinstance(v, torch.Tensor)):
+        return batch
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
 def forward_model(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
     """The model's output for a micro-batch (vocab-parallel logits, or values for a value
-    model), with the packed-document mask when the batch has one."""
+    model), with the packed-document mask when the batch has one. The batch must be on the
+    model's device (:func:`forward_step` moves it)."""
     return model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
 
 
 def forward_step(loss_fn: LossFn) -> ForwardStep:
-    """A schedule step that runs the model on the next micro-batch and applies ``loss_fn``."""
+    """A schedule step that moves the next micro-batch to the model's device, runs the model on
+    it and applies ``loss_fn`` (whose batch tensors are then on the output's device)."""
 
     def step(data: Iterator[MicroBatch], model: torch.nn.Module):
-        batch = next(data)
+        batch = to_device(next(data), model_device(model))
         return forward_model(model, batch), partial(loss_fn, batch)
 
     return step
@@ -43,7 +63,11 @@ def _measured(
     output: torch.Tensor,
 ) -> LossOutput:  # fmt: skip
     value = measure(batch, output.detach())
-    return output.new_zeros(()), torch.zeros((), dtype=torch.int), {key: value}
+    return (
+        output.new_zeros(()),
+        torch.zeros((), dtype=torch.int, device=output.device),
+        {key: value},
+    )
 
 
 def measure_step(key: str, measure: Callable[[MicroBatch, torch.Tensor], torch.Tensor]):

@@ -95,10 +95,11 @@ def dpo_pair_loss(
     )  # fmt: skip
     loss_sum = terms.loss.sum()
     report = torch.stack([
-        loss_sum.detach(), torch.tensor(float(pairs)), terms.accuracy.sum(),
+        loss_sum.detach(), loss_sum.new_tensor(float(pairs)), terms.accuracy.sum(),
         terms.chosen_reward.sum(), terms.rejected_reward.sum(),
     ])  # fmt: skip
-    return loss_sum, torch.tensor(pairs, dtype=torch.int), {"dpo": report}
+    count = torch.tensor(pairs, dtype=torch.int, device=loss_sum.device)
+    return loss_sum, count, {"dpo": report}
 
 
 def pair_loss_coefficients(

@@ -25,7 +25,8 @@ def token_loss_terms(
         raise ValueError(f"loss reduction ({reduction!r}) must be one of {SFT_REDUCTIONS}")
     loss_sum = -logp_sum.sum()
     n = tokens.sum()
-    count = n.to(torch.int) if reduction == "mean" else torch.zeros((), dtype=torch.int)
+    zero = torch.zeros((), dtype=torch.int, device=n.device)
+    count = n.to(torch.int) if reduction == "mean" else zero
     return loss_sum, count, {"lm loss": torch.stack([loss_sum.detach(), n.detach()])}
 
 
