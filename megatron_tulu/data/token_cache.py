@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,9 @@ class TokenCache:
                     f"tokenised-data cache {self.path} is corrupt: {err}; the rank that builds "
                     "the cache rebuilds it on the next run (or delete the directory)"
                 ) from err
-            aside = self.root / f".corrupt-{self.path.name}-{int(time.time())}-{os.getpid()}"
+            aside = (
+                self.root / f".corrupt-{self.path.name}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+            )
             os.rename(self.path, aside)
             print(f"tokenised-data cache {self.path} is corrupt ({err}): moved to {aside}, "
                   "rebuilding", flush=True)  # fmt: skip
@@ -139,3 +141,30 @@ class TokenCache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return self.path
+
+
+def load_or_build(
+    cache: TokenCache, build: Callable[[], tuple[Any, Mapping[str, Any]]], *, builder: bool,
+    wait: Callable[[], None],
+) -> tuple[Any, dict[str, Any], bool]:  # fmt: skip
+    """``(table, meta, built)``: the builder loads the cache or builds and publishes it; every
+    process then calls ``wait`` (a barrier), after which the others load what was published.
+
+    One builder per machine (local rank 0) is the usual choice: with a cache directory shared
+    by several machines their builders race harmlessly (the first rename wins).
+    """
+    got = cache.load(repair=True) if builder else None
+    built = False
+    if builder and got is None:
+        table, meta = build()
+        cache.publish(table, meta)
+        got, built = cache.load(repair=False), True
+    wait()
+    if not builder:
+        got = cache.load(repair=False)
+    if got is None:
+        raise FileNotFoundError(
+            f"tokenised-data cache {cache.path} is missing after its builder ran: is the cache "
+            "directory the same on every process of this machine?"
+        )
+    return got[0], got[1], built

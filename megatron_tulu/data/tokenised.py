@@ -25,7 +25,6 @@ from megatron_tulu.data.preference import (
 )
 from megatron_tulu.data.preference import _tokenise as tokenise_pair
 from megatron_tulu.data.rows import (
-    BAD_FORMAT,
     BadRow,
     BadRowPolicy,
     DataReport,
@@ -35,7 +34,8 @@ from megatron_tulu.data.rows import (
 )
 from megatron_tulu.data.sft import SFTDataConfig, SFTDataset, SFTExample
 from megatron_tulu.data.sft import _tokenise as tokenise_conversation
-from megatron_tulu.data.sources import KIND_COLUMNS, SourceSpec, read_source
+from megatron_tulu.data.sources import KIND_COLUMNS, SourceSpec, fingerprint, read_source
+from megatron_tulu.data.token_cache import PROBE, cache_key, tokenizer_digest
 from megatron_tulu.data.tokenizers import load_tokenizer
 
 ROWS_PER_WORKER = 10_000  # automatic num_proc: one worker per this many rows, up to the CPUs
@@ -187,9 +187,10 @@ def auto_num_proc(num_rows: int, num_proc: int) -> int:
 def build_table(
     specs: Sequence[SourceSpec], settings: TokeniseSettings, *, seed: int, shuffle: bool,
     num_proc: int = 0,
-) -> tuple[Any, MixturePlan]:  # fmt: skip
+) -> tuple[Any, MixturePlan, int]:  # fmt: skip
     """Reads the sources, mixes them and tokenises the mixture (``num_proc`` workers; 0 =
-    automatic); returns the in-memory table (mixture order) and the mixture plan."""
+    automatic); returns the in-memory table (mixture order), the mixture plan and the number
+    of worker processes used."""
     import datasets
 
     raws = [read_source(spec, settings.kind) for spec in specs]
@@ -213,7 +214,26 @@ def build_table(
         num_proc=workers if workers > 1 else None, remove_columns=["raw"],
         features=_features(settings.kind), desc=f"tokenising {settings.kind} data",
     )  # fmt: skip
-    return tokenised, plan
+    return tokenised, plan, workers
+
+
+def data_key(
+    specs: Sequence[SourceSpec], settings: TokeniseSettings, *, seed: int, shuffle: bool
+) -> str:
+    """The tokenised table's identity (see :mod:`megatron_tulu.data.token_cache`): sources and
+    their content fingerprints, mixture seed (when it matters) and shuffle, the tokenizer's
+    files, the template's rendering of a probe conversation, and the settings."""
+    template = _prepared(settings)[0]
+    probe = template.render(PROBE)
+    seeded = shuffle or any(s.weight is not None or s.num_rows is not None for s in specs)
+    return cache_key({
+        "kind": settings.kind,
+        "sources": [{**asdict(spec), "content": fingerprint(spec)} for spec in specs],
+        "shuffle": shuffle, "seed": seed if seeded else None,
+        "tokenizer": tokenizer_digest(settings.tokenizer_path),
+        "template_probe": [probe.input_ids, probe.assistant_mask],
+        "settings": settings.key_parts(),
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -283,9 +303,3 @@ def preference_dataset(table: Any, *, pad_id: int, bad_rows: str, num_report_exa
         report.num_rows_kept += 1
         report.num_truncated += int(v["truncated"])
     return PreferenceDataset(examples, report, pad_id=pad_id)
-
-
-__all__ = [
-    "BAD_FORMAT", "TableRow", "TokeniseSettings", "build_table", "good_rows", "parse_rl_row",
-    "preference_dataset", "sft_dataset", "tokenise_row",
-]  # fmt: skip

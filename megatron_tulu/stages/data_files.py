@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,14 @@ from megatron.core import parallel_state as ps
 
 from megatron_tulu.config import ParallelDims, RecipeConfig
 from megatron_tulu.data.build_task import TaskConfig, build_task
-from megatron_tulu.data.chat_templates import get_chat_template
 from megatron_tulu.data.rows import DataReport
 from megatron_tulu.data.sampler import ShardedSampler
-from megatron_tulu.data.sources import SourceSpec, fingerprint
-from megatron_tulu.data.token_cache import PROBE, TokenCache, cache_key, tokenizer_digest
+from megatron_tulu.data.sources import SourceSpec
+from megatron_tulu.data.token_cache import TokenCache, load_or_build
 from megatron_tulu.data.tokenised import (
     TokeniseSettings,
     build_table,
+    data_key,
     preference_dataset,
     sft_dataset,
 )
@@ -77,59 +78,36 @@ def tokenise_settings(recipe: RecipeConfig, kind: str, tok_path: str) -> Tokenis
     )  # fmt: skip
 
 
-def data_key(
-    specs: list[SourceSpec], settings: TokeniseSettings, tokenizer: Tokenizer, *, seed: int,
-    shuffle: bool,
-) -> str:  # fmt: skip
-    """The tokenised data's identity (see :mod:`megatron_tulu.data.token_cache`)."""
-    template = get_chat_template(settings.chat_template, tokenizer, add_bos=settings.add_bos)
-    probe = template.render(PROBE)
-    seeded = shuffle or any(s.weight is not None or s.num_rows is not None for s in specs)
-    return cache_key({
-        "kind": settings.kind,
-        "sources": [{**spec.__dict__, "content": fingerprint(spec)} for spec in specs],
-        "shuffle": shuffle, "seed": seed if seeded else None,
-        "tokenizer": tokenizer_digest(settings.tokenizer_path),
-        "template_probe": [probe.input_ids, probe.assistant_mask],
-        "settings": settings.key_parts(),
-    })  # fmt: skip
-
-
 def tokenised_table(
-    recipe: RecipeConfig, kind: str, tokenizer: Tokenizer, tok_path: str, train_file: str
+    recipe: RecipeConfig, kind: str, tok_path: str, train_file: str
 ) -> tuple[Any, dict[str, Any], str]:
     """(table, meta, key) of the stage's data, through the cache unless ``data.cache`` is off."""
     data, seed = recipe.data, recipe.training.seed
     specs, shuffle = source_specs(recipe, train_file)
     settings = tokenise_settings(recipe, kind, tok_path)
     # Rank 0 alone fingerprints the sources (a hub source loads) and tells the others the key.
-    key = (
-        data_key(specs, settings, tokenizer, seed=seed, shuffle=shuffle)
-        if not dist.get_rank()
-        else ""
-    )
+    key = data_key(specs, settings, seed=seed, shuffle=shuffle) if dist.get_rank() == 0 else ""
     key = _broadcast_key(key)
-    build = {"seed": seed, "shuffle": shuffle, "num_proc": data.num_proc}
+
+    def build() -> tuple[Any, dict[str, Any]]:
+        table, plan, workers = build_table(
+            specs, settings, seed=seed, shuffle=shuffle, num_proc=data.num_proc
+        )
+        return table, {"kind": kind, "mixture": plan.record(), "num_proc": workers}
+
+    start = time.perf_counter()
     if not data.cache:
-        table, plan = build_table(specs, settings, **build)
-        return table, {"mixture": plan.record(), "cache": None}, key
-    root = Path(data.cache_dir or Path(recipe.training.output_dir) / "data_cache")
-    cache = TokenCache(root, kind, key)
-    builder = int(os.environ.get("LOCAL_RANK", dist.get_rank())) == 0
-    got = cache.load(repair=True) if builder else None
-    if builder and got is None:
-        table, plan = build_table(specs, settings, **build)
-        cache.publish(table, {"kind": kind, "mixture": plan.record()})
-        got = cache.load(repair=False)
-    dist.barrier()
-    if not builder:
-        got = cache.load(repair=False)
-        if got is None:
-            raise FileNotFoundError(
-                f"tokenised-data cache {cache.path} was not built by this node's local rank 0"
-            )
-    assert got is not None
-    table, meta = got
+        table, meta = build()
+        return table, {**meta, "cache": None}, key
+    cache = TokenCache(data.cache_dir or Path(recipe.training.output_dir) / "data_cache", kind, key)
+    table, meta, built = load_or_build(
+        cache, build, builder=int(os.environ.get("LOCAL_RANK", dist.get_rank())) == 0,
+        wait=dist.barrier,
+    )  # fmt: skip
+    if dist.get_rank() == 0:
+        how = f"built with {meta['num_proc']} worker process(es)" if built else "reused"
+        took = time.perf_counter() - start
+        print(f"tokenised {kind} data in {cache.path}: {how} ({took:.1f}s)", flush=True)
     return table, {**meta, "cache": str(cache.path)}, key
 
 
@@ -156,7 +134,7 @@ def chat_dataset(
 ) -> Any:
     """The stage's SFTDataset (``kind="sft"``) or PreferenceDataset (``"preference"``), with
     ``fingerprint`` (the data key, for caches derived from the data) set."""
-    table, meta, key = tokenised_table(recipe, kind, tokenizer, tok_path, train_file)
+    table, meta, key = tokenised_table(recipe, kind, tok_path, train_file)
     make = {"sft": sft_dataset, "preference": preference_dataset}[kind]
     dataset = make(table, pad_id=tokenizer.pad_id, bad_rows=recipe.data.bad_rows)
     dataset.fingerprint = key

@@ -77,7 +77,7 @@ def _data(recipe: RecipeConfig):
     evalf = rl.eval_file or (None if data.sources else _default_eval_file(Path(train).parent))
     tokenizer = load_tokenizer(tok)
     template = get_chat_template(data.chat_template, tokenizer)
-    table, meta, _ = tokenised_table(recipe, "rl", tokenizer, str(tok), train)
+    table, meta, _ = tokenised_table(recipe, "rl", str(tok), train)
     prompts, report = prompts_from_table(
         table, label=train, max_prompt_tokens=rl.max_prompt_tokens, bad_rows=data.bad_rows
     )
