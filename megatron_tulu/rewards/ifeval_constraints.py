@@ -1,9 +1,11 @@
-"""IFEval-style verifiable constraints: one check function per instruction id.
+"""Google IFEval's verifiable constraints: one check per instruction id.
 
-Names and argument names follow Google's IFEval (``instructions.py``); the semantics too,
-except where noted in a check's docstring. ``startend:start_checker`` is ours. Each check is
-linear in the response length (``str`` methods and regexes without overlapping quantifiers; the
-patterns IFEval writes with ``.*?``/``^\\s*`` are re-done as scans) and returns a bool.
+Names and argument names follow Google's IFEval (``instructions.py``, as copied by lm-eval);
+the semantics too, except where a check's docstring says otherwise (each such choice is tested
+with the reason in tests/rewards/test_ifeval_cases.py). ``startend:start_checker`` is ours.
+Each check is linear in the response length (``str`` methods and regexes without overlapping
+quantifiers; the patterns IFEval writes with ``.*?``/``^\\s*`` are re-done as scans).
+Sentences, capital words and the language are read by ``ifeval_text``.
 
 Unicode: no confusable folding helps the model. Checks that the model must satisfy by writing
 something (keywords present, at least N of a keyword/letter) compare code points as written,
@@ -16,101 +18,44 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from megatron_tulu.rewards.base import GroundTruthError, describe
-
-RELATIONS = ("less than", "at least")
-
-_LOOKALIKES = str.maketrans(
-    "аеорсухіјѕԁһӏԛԝАВЕКМНОРСТУХІЈЅ"  # Cyrillic
-    "αβεικνορτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",  # Greek
-    "aeopcyxijsdhlqwABEKMHOPCTYXIJSaBeikvoptuxABEZHIKMNOPTYX",
+from megatron_tulu.rewards.ifeval_base import (
+    CheckResult,
+    ConstraintType,
+    Undecided,
+    bad_argument,
+    count_arg,
+    one_of,
+    positive_arg,
+    registrar,
+    skeleton,
+    text_arg,
+    words_arg,
+)
+from megatron_tulu.rewards.ifeval_text import (
+    WORD_RE,
+    capital_words,
+    count_sentences,
+    detect_language,
+    language_arg,
 )
 
+RELATIONS = ("less than", "at least")
+relation_arg = one_of(*RELATIONS)
 
-def skeleton(text: str) -> str:
-    """NFKC, then Cyrillic/Greek look-alikes as Latin (for checks that forbid something)."""
-    return unicodedata.normalize("NFKC", text).translate(_LOOKALIKES)
+CONSTRAINTS: dict[str, ConstraintType] = {}
+_constraint = registrar(CONSTRAINTS)
 
 
 def _compare(count: int, relation: str, target: int) -> bool:
     return count < target if relation == "less than" else count >= target
 
 
-# -- argument validators: (constraint type, argument name, value) -> checked value -------------
-Validator = Callable[[str, str, Any], Any]
-
-
-def _bad(ctype: str, name: str, value: object, expected: str) -> GroundTruthError:
-    return GroundTruthError(f"ifeval: {ctype}: {name}={describe(value)} must be {expected}")
-
-
-def count_arg(ctype: str, name: str, value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad(ctype, name, value, "an integer >= 0")
-    return value
-
-
-def positive_arg(ctype: str, name: str, value: Any) -> int:
-    number = count_arg(ctype, name, value)
-    if number < 1:
-        raise _bad(ctype, name, value, "an integer >= 1")
-    return number
-
-
-def relation_arg(ctype: str, name: str, value: Any) -> str:
-    if value not in RELATIONS:
-        raise _bad(ctype, name, value, f"one of {RELATIONS}")
-    return value
-
-
-def text_arg(ctype: str, name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(ctype, name, value, "a non-empty string")
-    return value
-
-
-def words_arg(ctype: str, name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
-        raise _bad(ctype, name, value, "a non-empty list of strings")
-    return tuple(text_arg(ctype, name, item) for item in value)
-
-
 def letter_arg(ctype: str, name: str, value: Any) -> str:
     if not isinstance(value, str) or len(value) != 1 or not value.isalpha():
-        raise _bad(ctype, name, value, "a single letter")
+        raise bad_argument(ctype, name, value, "a single letter")
     return value.lower()
-
-
-@dataclass(frozen=True)
-class ConstraintType:
-    name: str
-    check: Callable[..., bool]  # check(response, **args) -> bool
-    args: dict[str, Validator]
-
-
-CONSTRAINTS: dict[str, ConstraintType] = {}
-
-
-Check = Callable[..., bool]
-
-
-def _constraint(name: str, **args: Validator) -> Callable[[Check], Check]:
-    def decorate(check: Check) -> Check:
-        CONSTRAINTS[name] = ConstraintType(name=name, check=check, args=args)
-        return check
-
-    return decorate
-
-
-_WORD_RE = re.compile(r"\w+")
-_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 
 
 def _count(pattern: re.Pattern[str], text: str) -> int:
@@ -121,15 +66,14 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
 @_constraint("length_constraints:number_words", relation=relation_arg, num_words=count_arg)
 def number_words(response: str, *, relation: str, num_words: int) -> bool:
     """Words are runs of ``\\w`` (IFEval: nltk's ``RegexpTokenizer(r"\\w+")``)."""
-    return _compare(_count(_WORD_RE, response), relation, num_words)
+    return _compare(_count(WORD_RE, response), relation, num_words)
 
 
 @_constraint("length_constraints:number_sentences", relation=relation_arg, num_sentences=count_arg)
 def number_sentences(response: str, *, relation: str, num_sentences: int) -> bool:
-    """Sentences end with . ! or ? followed by whitespace (or the end); pieces without a word
-    character do not count. Simpler than IFEval's splitter (no abbreviation rules)."""
-    pieces = _SENTENCE_END_RE.split(response.strip())
-    return _compare(sum(1 for p in pieces if _WORD_RE.search(p)), relation, num_sentences)
+    """Sentences as punkt (IFEval's splitter) counts them, approximately: closing quotes after
+    the end mark, ellipses, abbreviations and initials (``ifeval_text.count_sentences``)."""
+    return _compare(count_sentences(response), relation, num_sentences)
 
 
 @_constraint("length_constraints:number_paragraphs", num_paragraphs=positive_arg)
@@ -187,14 +131,22 @@ def keyword_frequency(response: str, *, keyword: str, frequency: int, relation: 
     return response.lower().count(keyword.lower()) >= frequency
 
 
+def _whole_word(word: str) -> re.Pattern[str]:
+    """``word`` as a whole word: a word-character edge may not touch another word character;
+    a symbol edge needs nothing ("c++" is found in "I like c++." where ``\\bc\\+\\+\\b`` is
+    not, since no word boundary follows "+")."""
+    before = r"(?<!\w)" if re.match(r"\w", word) else ""
+    after = r"(?!\w)" if re.match(r"\w", word[-1]) else ""
+    return re.compile(before + re.escape(word) + after, flags=re.IGNORECASE)
+
+
 @_constraint("keywords:forbidden_words", forbidden_words=words_arg)
 def forbidden_words(response: str, *, forbidden_words: tuple[str, ...]) -> bool:
-    """No forbidden word as a whole word (case-insensitive, on the skeleton)."""
+    """No forbidden word as a whole word (case-insensitive, on the skeleton). IFEval puts the
+    word into its pattern unescaped, so its "c++" is the regex "c" repeated and forbids a lone
+    "c"; here the word is matched as written."""
     text = skeleton(response)
-    for word in forbidden_words:
-        if re.search(r"\b" + re.escape(skeleton(word)) + r"\b", text, flags=re.IGNORECASE):
-            return False
-    return True
+    return not any(_whole_word(skeleton(word).strip()).search(text) for word in forbidden_words)
 
 
 @_constraint(
@@ -210,25 +162,33 @@ def letter_frequency(response: str, *, letter: str, let_frequency: int, let_rela
 
 
 # -- case ------------------------------------------------------------------------------------
+def _english(response: str) -> CheckResult:
+    language = detect_language(response)
+    return language if isinstance(language, Undecided) else language == "en"
+
+
 @_constraint("change_case:english_lowercase")
-def english_lowercase(response: str) -> bool:
-    """No uppercase letter (IFEval also runs language detection; we do not)."""
-    return response == response.lower()
+def english_lowercase(response: str) -> CheckResult:
+    """``str.islower()`` (a cased letter and no uppercase one: a text without letters fails,
+    and so do mathematical capitals such as "𝐀", which ``str.lower`` leaves alone) and English
+    (langdetect), as IFEval. A language langdetect cannot tell is ``Undecided`` (IFEval counts
+    it as English)."""
+    return _english(response) if response.islower() else False
 
 
 @_constraint("change_case:english_capital")
-def english_capital(response: str) -> bool:
-    """No lowercase letter (IFEval also runs language detection; we do not)."""
-    return response == response.upper()
+def english_capital(response: str) -> CheckResult:
+    """``str.isupper()`` and English, as ``english_lowercase``."""
+    return _english(response) if response.isupper() else False
 
 
 @_constraint(
     "change_case:capital_word_frequency", capital_frequency=count_arg, capital_relation=relation_arg
 )
 def capital_word_frequency(response: str, *, capital_frequency: int, capital_relation: str) -> bool:
-    """Words (``\\w+``) written all in capitals (``str.isupper``; "I" counts, as in IFEval)."""
-    count = sum(1 for word in _WORD_RE.finditer(response) if word.group().isupper())
-    return _compare(count, capital_relation, capital_frequency)
+    """Words written in capitals (``str.isupper``; "I" counts), cut as nltk's ``word_tokenize``
+    cuts them ("WELL-KNOWN" and "U.S.A." are one word each; ``ifeval_text.capital_words``)."""
+    return _compare(capital_words(response), capital_relation, capital_frequency)
 
 
 # -- format ------------------------------------------------------------------------------------
@@ -255,15 +215,19 @@ def quotation(response: str) -> bool:
     return len(text) > 1 and text[0] == '"' and text[-1] == '"'
 
 
-_HIGHLIGHT_RE = re.compile(r"\*[^\n*]*\*")
-_BOLD_RE = re.compile(r"\*\*[^\n*]*\*\*")
+_HIGHLIGHT_RE = re.compile(r"\*([^\n*]*)\*")
+_BOLD_RE = re.compile(r"\*\*([^\n*]*)\*\*")
+
+
+def _num_filled(pattern: re.Pattern[str], text: str) -> int:
+    """The matches of ``pattern`` (IFEval's ``findall`` pairing) whose content is not blank."""
+    return sum(1 for content in pattern.findall(text) if content and not content.isspace())
 
 
 @_constraint("detectable_format:number_highlighted_sections", num_highlights=count_arg)
 def highlighted_sections(response: str, *, num_highlights: int) -> bool:
     """At least N non-empty ``*highlighted*`` (or ``**bold**``) spans on one line (as IFEval)."""
-    count = sum(1 for m in _HIGHLIGHT_RE.finditer(response) if m.group().strip("*").strip())
-    count += sum(1 for m in _BOLD_RE.finditer(response) if m.group().strip("*").strip())
+    count = _num_filled(_HIGHLIGHT_RE, response) + _num_filled(_BOLD_RE, response)
     return count >= num_highlights
 
 
@@ -278,11 +242,12 @@ def multiple_sections(response: str, *, section_spliter: str, num_sections: int)
 
 @_constraint("detectable_format:number_bullet_lists", num_bullets=count_arg)
 def bullet_lists(response: str, *, num_bullets: int) -> bool:
-    """Exactly N lines starting (after indentation) with "* " or "- " (IFEval counts any line
-    starting "-" or "*" then a non-"*"; we require the space, so "-5" or "*italic*" are not
-    bullets)."""
+    """Exactly N lines starting (after indentation) with "* " or "- ". Lines end at "\\n" only,
+    as IFEval's ``^``/``$`` (a U+2028 inside a line does not start a new one). IFEval counts any
+    line starting "-" or "*" then a non-"*"; we require the space, so "-5" or "*italic*" are not
+    bullets."""
     count = 0
-    for line in response.splitlines():
+    for line in response.split("\n"):
         stripped = line.lstrip()
         if stripped[:1] in ("*", "-") and stripped[1:2].isspace():
             count += 1
@@ -322,7 +287,7 @@ def postscript(response: str, *, postscript_marker: str) -> bool:
     return marker.lower() in text
 
 
-def _count_placeholders(text: str) -> int:
+def count_placeholders(text: str) -> int:
     """IFEval's ``re.findall(r"\\[.*?\\]", text)`` count, as a linear scan: from each "[" to the
     next "]" on the same line; a "[" with no "]" later on its line ends the line's search."""
     count, pos, end = 0, 0, len(text)
@@ -344,7 +309,7 @@ def _count_placeholders(text: str) -> int:
 @_constraint("detectable_content:number_placeholders", num_placeholders=count_arg)
 def placeholders(response: str, *, num_placeholders: int) -> bool:
     """At least N ``[placeholder]`` spans (on one line each)."""
-    return _count_placeholders(response) >= num_placeholders
+    return count_placeholders(response) >= num_placeholders
 
 
 # -- start / end -----------------------------------------------------------------------------
@@ -377,3 +342,13 @@ def two_responses(response: str) -> bool:
         elif index not in (0, len(parts) - 1):
             return False
     return len(valid) == 2 and valid[0] != valid[1]
+
+
+# -- language ----------------------------------------------------------------------------------
+@_constraint("language:response_language", language=language_arg)
+def response_language(response: str, *, language: str) -> CheckResult:
+    """langdetect's language is ``language`` (seeded: the same text, the same answer). A text
+    whose language cannot be told (no letters, too short, no known feature) is ``Undecided``
+    (IFEval counts langdetect's error as the instruction followed)."""
+    detected = detect_language(response)
+    return detected if isinstance(detected, Undecided) else detected == language

@@ -1,4 +1,6 @@
-"""ifeval: every constraint type, satisfied and violated; spec formats; score and loose mode."""
+"""ifeval: every Google constraint type, satisfied and violated; spec formats; score and loose
+mode. (open-instruct's functions, the newer layouts and the Google-semantics cases are in
+test_ifeval_cases.py; malformed ground truth of every layout in test_ifeval_layouts.py.)"""
 
 from __future__ import annotations
 
@@ -87,6 +89,12 @@ CASES = [
         {"letter": "e", "let_frequency": 2, "let_relation": "less than"},
         "hello",
         "eerie",
+    ),
+    (
+        "language:response_language",
+        {"language": "es"},
+        "Hola, me llamo Marta y vivo en Madrid con mi familia.",
+        "Hello, my name is Marta and I live in Madrid with my family.",
     ),
     ("change_case:english_lowercase", {}, "all lower, 123!", "Not lower"),
     ("change_case:english_capital", {}, "ALL UPPER, 123!", "ALMOST UPPEr"),
@@ -189,9 +197,10 @@ def test_all_must_hold_and_score_is_the_fraction():
         {"type": "keywords:existence", "keywords": ["banana"]},
         {"type": "length_constraints:number_words", "relation": "at least", "num_words": 3},
     ]
-    result = verify("ifeval", "i like bananas", spec)
+    # english_lowercase also asks langdetect for English: a sentence, not two words
+    result = verify("ifeval", "i like to eat bananas for breakfast every morning", spec)
     assert result.correct and result.score == 1.0 and result.reason == "all constraints satisfied"
-    result = verify("ifeval", "I like bananas, yes", spec)
+    result = verify("ifeval", "I like to eat bananas, yes", spec)
     assert not result.correct and result.score == 0.5
     assert result.reason == "failed: punctuation:no_comma, change_case:english_lowercase"
     assert result.extracted is None

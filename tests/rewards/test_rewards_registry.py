@@ -92,7 +92,7 @@ def test_exceptions_on_output_become_verdicts_but_data_errors_raise(caplog):
         ("math", "", "is empty"),
         ("math", ["1"], "must be a string or a number"),
         ("math", "\\boxed{1", "unclosed"),
-        ("ifeval", [{"type": "language:response_language", "language": "de"}], "unknown type"),
+        ("ifeval", [{"type": "detectable_format:bigram_wrapping"}], "unknown type"),
         ("ifeval", [], "non-empty list"),
         ("ifeval", "{not json", "is not JSON"),
     ],
