@@ -25,6 +25,7 @@ from megatron_tulu.engine.forward import measure_step
 from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import Runnable, forward_backward
 from megatron_tulu.losses.logprobs import sequence_logprobs
+from megatron_tulu.parallel import comm_device
 
 PAIRINGS = ("concat", "separate")
 
@@ -65,10 +66,11 @@ def pair_logps(
     pairing: str = "concat",
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
-    pipeline rank; ``pairing`` says where each pair's rows are (see :func:`split_pairs`)."""
+    pipeline rank and on the CPU beside the data (whatever device the model runs on);
+    ``pairing`` says where each pair's rows are (see :func:`split_pairs`)."""
     step = measure_step("logp", partial(_logp_sums, vocab_size=vocab_size))
     reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
-    rows = collect(reports, "logp", model.pg, dtype=torch.float64)
+    rows = collect(reports, "logp", model.pg, dtype=torch.float64).cpu()
     return split_pairs(rows, microbatches, pairing)
 
 
@@ -82,16 +84,18 @@ def compute_reference_logps(
 ) -> torch.Tensor:
     """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
     indices [n], its micro-batches); results of all DP ranks are combined."""
-    table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)
+    table = torch.full((num_pairs, 2), float("nan"), dtype=torch.float64)  # on the CPU
     dp_group = model.pg.dp
+    device = comm_device(dp_group)  # the GPU under NCCL
     for indices, microbatches in batches:
-        values = pair_logps(model, microbatches, vocab_size, pairing)
+        values = pair_logps(model, microbatches, vocab_size, pairing).to(device)
+        indices = indices.to(device)
         idx = [torch.empty_like(indices) for _ in range(dp_group.size())]
         val = [torch.empty_like(values) for _ in range(dp_group.size())]
         dist.all_gather(idx, indices.contiguous(), group=dp_group)
         dist.all_gather(val, values.contiguous(), group=dp_group)
         for i, v in zip(idx, val, strict=True):
-            table[i] = v
+            table[i.cpu()] = v.cpu()
     missing = torch.isnan(table[:, 0]).nonzero().flatten()
     if missing.numel():
         raise ValueError(f"reference log-probs missing for pairs {missing[:10].tolist()}...")

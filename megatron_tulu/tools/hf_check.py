@@ -103,7 +103,7 @@ def rank_logits(hf_dir: str, tokens: torch.Tensor, tp: int, pp: int, vpp: int | 
         last = ps.is_pipeline_last_stage(ignore_virtual=True)
         if not last or ps.get_tensor_model_parallel_rank() != 0:
             return None
-        return torch.cat(logits, dim=0)
+        return torch.cat(logits, dim=0).cpu()  # compared with transformers on the CPU
     finally:
         destroy_parallel()
 
