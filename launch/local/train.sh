@@ -6,8 +6,9 @@
 #
 # Graceful stop: SIGUSR1 or SIGTERM sent to this script (`kill -USR1 PID`) is passed to every
 # rank; they finish the current optimizer step, save a checkpoint and exit 0, and the next run
-# resumes from it (training.resume=auto). torchrun itself ignores both signals (by default it
-# dies of SIGUSR1 and kills the ranks 30 s after SIGTERM); Ctrl-C still stops everything at once.
+# resumes from it (training.resume=auto). torchrun itself ignores both signals, also when Slurm
+# signals every process of the step (by default it dies of SIGUSR1, and on SIGTERM it stops the
+# ranks, kills them 30 s later and exits non-zero); Ctrl-C still stops everything at once.
 #
 # It is also each node's job step in launch/slurm/ (one srun task per node), configured by:
 #   MT_NNODES        number of nodes (default 1); > 1 (or MT_RDZV=static) uses a static
@@ -16,6 +17,7 @@
 #   MASTER_ADDR, MASTER_PORT   rendezvous host (node 0) and port, for the static rendezvous
 #   MT_RANK_LOG_DIR  per-rank stdout/stderr files under $MT_RANK_LOG_DIR/node<N>/ (torchrun --tee)
 #   MT_CONSOLE_RANKS local ranks also echoed to the console with MT_RANK_LOG_DIR (e.g. "0,7")
+#   MT_TRAIN_MODULE  the module each rank runs (default megatron_tulu.train)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 nproc_per_node="${1:?usage: train.sh NPROC --recipe FILE [overrides...]}"
@@ -48,12 +50,14 @@ if [ -n "${MT_RANK_LOG_DIR:-}" ]; then
   fi
 fi
 
-# torchrun handles SIGINT/SIGHUP/SIGQUIT as usual but not SIGTERM; it and (until they install
-# their own handler, training/signals.py) the ranks inherit "ignore" for SIGUSR1 and SIGTERM.
-export TORCHELASTIC_SIGNALS_TO_HANDLE="${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}"
+# torchrun (torch >= 2.9) installs a handler for each of --signals-to-handle (default
+# SIGTERM,SIGINT,SIGHUP,SIGQUIT; it overwrites TORCHELASTIC_SIGNALS_TO_HANDLE from the flag):
+# name all but SIGTERM. It and (until they install their own handler, stages/signals.py) the
+# ranks then keep the "ignore" inherited from here for SIGUSR1 and SIGTERM.
+run+=(--signals-to-handle "SIGINT,SIGHUP,SIGQUIT")
 (
   trap '' USR1 TERM
-  exec "$py" -m torch.distributed.run "${run[@]}" -m megatron_tulu.train "$@"
+  exec "$py" -m torch.distributed.run "${run[@]}" -m "${MT_TRAIN_MODULE:-megatron_tulu.train}" "$@"
 ) &
 launcher=$!
 forward() {  # the ranks are torchrun's children
