@@ -57,6 +57,22 @@ class EnginePlace:
     gpus: tuple[tuple[int, int], ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobStep:
+    """One Slurm job step: one task on each of ``num_nodes`` consecutive nodes from
+    ``first_node``, each task using local GPUs ``gpu_ids`` (its CUDA_VISIBLE_DEVICES)."""
+
+    name: str  # "trainer" or "engine<E>"
+    first_node: int
+    num_nodes: int
+    gpu_ids: tuple[int, ...]
+
+    def line(self) -> str:
+        """``NAME FIRST_NODE NUM_NODES GPU_IDS`` (launch/slurm/_common.sh reads these)."""
+        ids = ",".join(map(str, self.gpu_ids))
+        return f"{self.name} {self.first_node} {self.num_nodes} {ids}"
+
+
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} ({value!r}) must be a positive integer")
@@ -97,6 +113,13 @@ class LaunchPlan:
                 f"{self.gpus_per_node}) in a multi-node job, so that every trainer node runs the "
                 f"same number of ranks: use {r - r % self.gpus_per_node or self.gpus_per_node} "
                 f"or {r - r % self.gpus_per_node + self.gpus_per_node}"
+            )
+        g, t = self.gpus_per_node, self.vllm_tp
+        if r and self.num_nodes > 1 and g % t and t % g:
+            raise ValueError(
+                f"vllm_tp ({t}) and gpus_per_node ({g}): one must divide the other in a "
+                "multi-node job, so that each engine is a block of GPUs inside one node or "
+                "whole nodes (one engine host per node, the same GPUs on each)"
             )
         # RolloutConfig's rules (rollout GPUs = num_engines * vllm_tp) and ParallelConfig's
         # (the degrees; the trainer GPUs split into tp * cp * pp)
@@ -185,6 +208,21 @@ class LaunchPlan:
             EnginePlace(engine=e, gpus=tuple(gpus[e * self.vllm_tp : (e + 1) * self.vllm_tp]))
             for e in range(self.num_engines if self.rollout_gpus else 0)
         ]
+
+    def steps(self) -> list[JobStep]:
+        """The job steps a Slurm job starts: the trainer on its nodes, then one step per engine
+        (one engine host per node of the engine), each with the local GPUs its tasks use."""
+        out = [JobStep(name="trainer", first_node=0, num_nodes=self.trainer_nodes,
+                       gpu_ids=tuple(range(self.ranks_per_node)))]  # fmt: skip
+        for eng in self.engines():
+            nodes = sorted({n for n, _ in eng.gpus})
+            gpu_ids = tuple(g for n, g in eng.gpus if n == nodes[0])
+            # __post_init__'s rule: a block inside one node, or whole consecutive nodes
+            assert all(tuple(g for n, g in eng.gpus if n == m) == gpu_ids for m in nodes)
+            assert nodes == list(range(nodes[0], nodes[0] + len(nodes)))
+            out.append(JobStep(name=f"engine{eng.engine}", first_node=nodes[0],
+                               num_nodes=len(nodes), gpu_ids=gpu_ids))  # fmt: skip
+        return out
 
     # ---- output ----------------------------------------------------------------------------
     def render(self, hosts: Sequence[str] = ()) -> str:
@@ -366,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-engines", type=int, help="default: rollout_gpus / vllm_tp")
     parser.add_argument("--hosts", default="", help="comma-separated hostnames, in node order")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="print the job steps, one 'NAME FIRST_NODE NUM_NODES GPU_IDS' line each (trainer, "
+        "engine0, ...), for launch/slurm/_common.sh; the recipe is not read",
+    )
     args = parser.parse_intermixed_args(argv)
     fields: dict = {"tp": 1, "pp": 1, "cp": 1, "vpp": None, "rollout_gpus": 0, "vllm_tp": 1}
     flags = {
@@ -375,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     recipe, notes = None, []
     try:
-        if args.recipe:  # the recipe (with the overrides) decides; flags are expectations
+        if args.recipe and not args.steps:  # the recipe (+ overrides) decides; flags: expected
             found, recipe = _from_recipe(args.recipe, args.overrides)
             for name, want in flags.items():
                 have = found.get(name, fields.get(name))
@@ -400,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.steps:
+        print("\n".join(step.line() for step in plan.steps()))
+        return 0
     hosts = [h for h in args.hosts.split(",") if h]
     print(json.dumps(plan.to_json()) if args.json else plan.render(hosts))
     for note in notes:

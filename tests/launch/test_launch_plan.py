@@ -78,11 +78,39 @@ def test_one_node_rollout_takes_the_last_gpus():
         ({"num_nodes": 4, "rollout_gpus": 8, "vllm_tp": 4, "num_engines": 1}, "num_engines"),
         ({"num_nodes": 2, "tp": 8, "pp": 3}, "world size (16) is not tp (8) * pp (3) * dp"),
         ({"num_nodes": 1, "rollout_gpus": 8}, "rollout_gpus (8) must be in"),
+        ({"num_nodes": 4, "rollout_gpus": 24, "vllm_tp": 12, "num_engines": 2}, "one must divide"),
     ],
 )
 def test_bad_partitions_are_refused_with_the_fix(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         LaunchPlan(gpus_per_node=8, **kwargs)
+
+
+def test_job_steps_one_per_engine_on_disjoint_gpus():
+    """The steps launch/slurm/_common.sh starts (--steps): (name, first node, nodes, GPU ids)."""
+
+    def steps(**kw: int) -> list[tuple[str, int, int, tuple[int, ...]]]:
+        plan = LaunchPlan(gpus_per_node=8, **kw)
+        return [(s.name, s.first_node, s.num_nodes, s.gpu_ids) for s in plan.steps()]
+
+    all8 = tuple(range(8))
+    assert steps(num_nodes=1, tp=2, rollout_gpus=2, num_engines=2) == [
+        ("trainer", 0, 1, (0, 1, 2, 3, 4, 5)),
+        ("engine0", 0, 1, (6,)),
+        ("engine1", 0, 1, (7,)),
+    ]
+    assert steps(num_nodes=6, tp=4, pp=5, rollout_gpus=8, vllm_tp=4, num_engines=2) == [
+        ("trainer", 0, 5, all8),
+        ("engine0", 5, 1, (0, 1, 2, 3)),
+        ("engine1", 5, 1, (4, 5, 6, 7)),
+    ]
+    assert steps(num_nodes=32, tp=8, pp=14, rollout_gpus=32, vllm_tp=16, num_engines=2) == [
+        ("trainer", 0, 28, all8),
+        ("engine0", 28, 2, all8),
+        ("engine1", 30, 2, all8),
+    ]
+    assert steps(num_nodes=2, tp=8) == [("trainer", 0, 2, all8)]
+    assert main(["--steps", "--nodes", "1", "--gpus-per-node", "4", "--rollout-gpus", "1"]) == 0
 
 
 def test_ranges():
