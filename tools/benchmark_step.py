@@ -1,10 +1,12 @@
-"""Per-step throughput of SFT and DPO training steps, and the phase times of RLVR steps.
+"""Per-step throughput of SFT, DPO and PPO-policy training steps, and the phase times of RLVR
+steps.
 
-    # SFT / DPO: spawns the ranks itself (gloo on CPU, NCCL on GPU), random weights and tokens
+    # SFT / DPO / PPO (policy loss, random advantages): spawns the ranks itself (gloo on CPU,
+    # NCCL on GPU), random weights and tokens
     python tools/benchmark_step.py --stage sft --model tiny-task --nproc 2 --tp 2 \\
         --seq-len 256 --micro-batch 4 --global-batch 16 --steps 5 [--precision bf16]
     python tools/benchmark_step.py --stage sft --model llama3.1-8b --num-layers 4 --nproc 1 \\
-        --seq-len 4096 --precision bf16 --peak-tflops 989   # an 8B-wide slice on one GPU
+        --seq-len 4096 --precision bf16 --peak-tflops 989 [--attention sdpa]  # 8B-wide slice
     # RLVR: the phase times an RLVR run logged (generation, weight sync, forwards, training)
     python tools/benchmark_step.py --stage rlvr --metrics runs/x/rlvr/metrics.jsonl
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -39,6 +42,7 @@ def _worker(args: dict) -> dict:
     from megatron_tulu.engine.forward import forward_step
     from megatron_tulu.engine.schedule import train_step
     from megatron_tulu.losses.dpo import dpo_pair_loss
+    from megatron_tulu.losses.ppo import policy_loss
     from megatron_tulu.losses.sft import sft_loss
     from megatron_tulu.models.llama import BuildOptions
     from megatron_tulu.parallel import destroy_parallel, init_parallel
@@ -55,7 +59,10 @@ def _worker(args: dict) -> dict:
         engine = build_engine(
             model=model, dims=dims, optimizer=OptimizerConfig(lr=1e-5),
             train_steps=args["steps"] + args["warmup"],
-            options=BuildOptions(precision=args["precision"], recompute=args["recompute"]),
+            options=BuildOptions(
+                precision=args["precision"], recompute=args["recompute"],
+                attention=args["attention"],
+            ),
         )  # fmt: skip
         gen = torch.Generator().manual_seed(ps.get_data_parallel_rank())
         s, m = args["seq_len"], dims.micro_batch_size
@@ -72,10 +79,16 @@ def _worker(args: dict) -> dict:
             if args["stage"] == "dpo":
                 mb["ref_chosen"] = torch.full((m // 2,), -100.0)
                 mb["ref_rejected"] = torch.full((m // 2,), -100.0)
-            return {k: v.to(device) for k, v in mb.items()}  # fmt: skip
+            if args["stage"] == "ppo":  # rollout log-probs near uniform, random advantages
+                mb["old_logp"] = torch.full((m, s), -math.log(model.vocab_size))
+                mb["advantages"] = torch.randn(m, s, generator=gen)
+            # CPU tensors: the step itself moves them to the model's device, as in training
+            return mb
 
         if args["stage"] == "dpo":
             loss, key = partial(dpo_pair_loss, vocab_size=model.vocab_size, beta=5.0), "dpo"
+        elif args["stage"] == "ppo":
+            loss, key = partial(policy_loss, vocab_size=model.vocab_size, clip=0.2), "policy"
         else:
             loss = partial(sft_loss, vocab_size=model.vocab_size, reduction="sum")
             key = "lm loss"
@@ -116,7 +129,8 @@ def bench_train(a: argparse.Namespace) -> dict:
         "params": model.num_parameters(), "layout": {"tp": a.tp, "pp": a.pp,
         "dp": results[0]["dp"], "ranks": a.nproc}, "seq_len": a.seq_len,
         "global_batch": a.global_batch, "micro_batch": a.micro_batch,
-        "precision": a.precision, "recompute": a.recompute, "device": device,
+        "precision": a.precision, "recompute": a.recompute, "attention": a.attention,
+        "device": device,
         "step_s": step, "step_times_s": results[0]["times"], "tokens_per_s": tokens / step,
         "tokens_per_s_per_device": tokens / step / a.nproc, "model_tflops_per_device": tflops,
         "peak_tflops": peak, "mfu": (tflops / peak) if peak else None,
@@ -141,7 +155,7 @@ def bench_rlvr(metrics: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=("sft", "dpo", "rlvr"), required=True)
+    p.add_argument("--stage", choices=("sft", "dpo", "ppo", "rlvr"), required=True)
     p.add_argument("--model", default="tiny-task")
     p.add_argument("--num-layers", type=int, default=None, help="a slice of the model's depth")
     p.add_argument("--nproc", type=int, default=1)
@@ -152,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    p.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "local", "sdpa"),
+        help="core attention without TE (auto: SDPA on CUDA, megatron's local on CPU)",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=None)

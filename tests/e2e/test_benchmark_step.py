@@ -21,7 +21,7 @@ def _tool(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "dpo", "ppo"])
 def test_train_step_benchmark(tmp_path, stage):
     from megatron_tulu.config import model_preset
     from megatron_tulu.tools.planner.flops import model_flops_per_token
