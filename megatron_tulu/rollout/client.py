@@ -17,16 +17,16 @@ announcement's ``authkey``): request ``(op, kwargs)``, reply ``("ok", value)`` o
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import threading
 import time
 from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
+from megatron_tulu.rollout import network
 from megatron_tulu.rollout.config import RolloutConfig
+from megatron_tulu.rollout.network import is_loopback
 from megatron_tulu.rollout.rendezvous import (
     Announcement,
     EngineRendezvousError,
@@ -182,21 +182,6 @@ def connect_engines(
     return handles
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
-def route_source_address(target: str) -> str:
-    """This machine's address on the route to ``target`` (a UDP ``connect`` only selects the
-    route; it sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((socket.gethostbyname(target), 9))
-        return sock.getsockname()[0]
-
-
 def resolve_sync_host(cfg: RolloutConfig, engines: list[Any]) -> str:
     """Trainer rank 0's address for the weight-sync rendezvous, reachable from every engine
     worker: ``$MT_SYNC_HOST``; else ``rollout.sync_host`` when set to something other than the
@@ -208,13 +193,6 @@ def resolve_sync_host(cfg: RolloutConfig, engines: list[Any]) -> str:
     if cfg.sync_host not in ("127.0.0.1", "auto", "localhost"):
         return cfg.sync_host
     hosts = [e.info.host for e in engines]
-    if all(_is_loopback(h) for h in hosts):
+    if all(is_loopback(h) for h in hosts):
         return "127.0.0.1"
-    return route_source_address(next(h for h in hosts if not _is_loopback(h)))
-
-
-def free_port_on(host: str) -> int:
-    """A TCP port free on ``host``'s interface (the weight-sync group's store listens there)."""
-    with socket.socket() as sock:
-        sock.bind((host if not _is_loopback(host) else "127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return network.route_source_address(next(h for h in hosts if not is_loopback(h)))

@@ -300,7 +300,7 @@ class RolloutEngine:
         return self.config.sync_host
 
     def _join_group(self) -> None:
-        from megatron_tulu.rollout.client import free_port_on
+        from megatron_tulu.rollout.network import free_port_on
 
         cfg = self.config
         host = self._sync_host()
@@ -328,6 +328,7 @@ class RolloutEngine:
                 world_size=cfg.group_size,
                 backend=backend,
                 timeout_s=cfg.sync_timeout_s,
+                device=self.device,
             ),
             "rollout-trainer-join",
         )

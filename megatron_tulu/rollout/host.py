@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,30 @@ def advertised_address(args: HostArgs) -> str:
         master = socket.gethostbyname(args.master_addr)
         if args.node_rank == 0:
             return master
-        from megatron_tulu.rollout.client import route_source_address
+        from megatron_tulu.rollout.network import route_source_address
 
         return route_source_address(master)
     return socket.gethostbyname(socket.gethostname())
+
+
+def pin_interfaces(address: str) -> dict[str, str]:
+    """Points gloo and NCCL at the interface that holds ``address`` (unless the environment
+    already chose): by default both pick the hostname's address, which is often a loopback
+    one (then other nodes are told to connect to 127.0.0.1). Inherited by vLLM's workers:
+    their TP groups (gloo on CPU; NCCL + a gloo CPU group on GPU) and the weight-sync group.
+    Returns what was set."""
+    from megatron_tulu.rollout.network import interface_of, is_loopback
+
+    if is_loopback(address):
+        return {}
+    name = interface_of(address)
+    if name is None:
+        return {}
+    chosen = {}
+    for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if not os.environ.get(key):
+            os.environ[key] = chosen[key] = name
+    return chosen
 
 
 def write_model_dir(model: Any, *, dtype: str, out_dir: str | Path) -> str:
@@ -213,7 +234,7 @@ class _Server:
         while not self.stop.is_set():
             try:
                 conn = self.listener.accept()
-            except (OSError, EOFError):  # closed listener, or a client that failed the auth
+            except (OSError, EOFError, AuthenticationError):  # closed, or a failed handshake
                 if self.stop.is_set():
                     return
                 continue
@@ -277,14 +298,41 @@ def run_headless(args: HostArgs, cfg: Any) -> int:
     print(f"engine {args.engine_index} node {args.node_rank}: workers ready", flush=True)
     done = in_thread(lambda: executor.start_worker_monitor(inline=True), "headless-monitor")
     try:
-        done.result()  # returns when a worker exited (the head shut the engine down, or a crash)
+        head_gone = _wait_for_head_or_workers(args, done)
     finally:
         with contextlib.suppress(Exception):
             executor.shutdown()
     codes = [h.proc.exitcode for h in executor.workers]
-    if any(code not in (0, None) for code in codes):
+    if not head_gone and any(code not in (0, None) for code in codes):
         raise RuntimeError(f"engine workers on node {args.node_rank} exited with codes {codes}")
     return 0
+
+
+def _wait_for_head_or_workers(args: HostArgs, workers_done: Any) -> bool:
+    """Blocks until this node's workers exit (False) or the head is gone (True): its
+    announcement withdrawn after it had appeared, or its error file written. vLLM's remote
+    workers are not told when the head shuts down (they wait on its message queue), so the
+    rendezvous directory says it. Called once the workers are ready, i.e. after the head
+    started and cleared its files of any earlier run. A head killed by SIGKILL leaves its
+    announcement behind: the launcher ends the job step then."""
+    import concurrent.futures as cf
+
+    from megatron_tulu.rollout.rendezvous import announce_path
+
+    announced = False
+    path = announce_path(args.rendezvous, args.engine_index)
+    while True:
+        try:
+            workers_done.result(timeout=_POLL_S * 2)
+            return False
+        except cf.TimeoutError:
+            pass
+        if error_path(args.rendezvous, args.engine_index, 0).exists():
+            return True
+        if path.exists():
+            announced = True
+        elif announced:
+            return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         address = advertised_address(args)
+        pin_interfaces(address)
         if args.nnodes > 1:
             os.environ["VLLM_HOST_IP"] = address  # vLLM's message queues bind/connect here
         model_dir = tempfile.mkdtemp(prefix=f"mt-engine-{args.engine_index}-")

@@ -1,11 +1,16 @@
 """The wire protocol of a weight push over a private process group.
 
 The group is trainer rank 0 (group rank 0, the only sender) plus every vLLM worker of every
-engine. It is a stand-alone torch c10d group (vLLM's ``stateless_init_torch_distributed_
-process_group``): gloo on CPU, NCCL on GPU -- the same calls either way, only the backend
-string and the tensors' device differ. It is not registered with torch.distributed (the
-trainer's default group and megatron's groups are untouched), so collectives are called on
-the group object directly (``group.broadcast``).
+engine, and is not registered with torch.distributed (the trainer's default group, megatron's
+groups and vLLM's own groups are untouched), so collectives are called on the group object
+directly (``group.broadcast(tensor, root)`` returning a work with ``is_completed``/``wait``):
+
+- CPU (``backend="gloo"``): a TCPStore at ``host:port`` (hosted by rank 0) and a
+  ``ProcessGroupGloo`` whose device is bound to the address each rank reaches rank 0 from
+  (never the hostname's, which is often a loopback address: gloo would then tell other nodes
+  to connect to 127.0.0.1);
+- GPU (``backend="nccl"``): vLLM's PyNccl communicator on a ``StatelessProcessGroup``
+  (:mod:`megatron_tulu.rollout.nccl_group`).
 
 A push is a sequence of *buckets*, each sent as up to three broadcasts from rank 0:
 
@@ -22,14 +27,13 @@ on its own without a copy. Receivers view the payload without copying; they neve
 payload buffer, because vLLM's layer-wise reload keeps references to a layer's tensors until
 the layer is complete.
 
-The GPU (NCCL) path is the same code with ``backend="nccl"`` and CUDA tensors; it has not been
-run here (no GPU on the development machines).
+The GPU (NCCL) path is the same protocol with CUDA tensors; its broadcasts have not been run
+here (no GPU on the development machines; see nccl_group for what is tested on CPU).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -63,33 +67,61 @@ def dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
-_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
-
-
 def device_backend() -> str:
     """The group backend for this machine: NCCL where CUDA is present, gloo otherwise."""
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def local_address_towards(host: str, rank: int) -> str:
+    """The address this rank's gloo device binds to: rank 0 is ``host`` itself; the others use
+    their address on the route to it (loopback when ``host`` is)."""
+    from megatron_tulu.rollout.network import is_loopback, route_source_address
+
+    if is_loopback(host):
+        return "127.0.0.1"
+    return host if rank == 0 else route_source_address(host)
+
+
+def open_gloo_group(*, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> Any:
+    """A private gloo group: TCPStore (rank 0 hosts it) + ProcessGroupGloo bound to the
+    address that reaches rank 0. Built directly, not through torch's rendezvous handlers, so
+    torchrun's ``TORCHELASTIC_USE_AGENT_STORE`` (inherited by vLLM workers too) cannot turn
+    rank 0 into a client of the elastic agent's store."""
+    from torch.distributed import PrefixStore, TCPStore
+    from torch.distributed.distributed_c10d import ProcessGroupGloo
+
+    timeout = timedelta(seconds=timeout_s)
+    store = TCPStore(host, port, world_size, rank == 0, timeout=timeout, wait_for_workers=False)
+    opts = ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    opts._devices = [ProcessGroupGloo.create_device(hostname=local_address_towards(host, rank))]
+    return ProcessGroupGloo(PrefixStore("mt-weight-sync/", store), rank, world_size, opts)
+
+
 def open_group(
-    *, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float
+    *,
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    timeout_s: float,
+    device: torch.device | None = None,
 ) -> Any:
     """Joins (rank 0: hosts) the private group; blocks until all ``world_size`` ranks joined.
-
-    Under torchrun, ``TORCHELASTIC_USE_AGENT_STORE=True`` (inherited by the vLLM workers too)
-    makes torch's TCP rendezvous connect every rank as a client of the elastic agent's store, so
-    nobody would host this group's store: it is lifted for the duration of the rendezvous.
-    """
-    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
-
-    agent = os.environ.pop(_AGENT_STORE, None)
-    try:
-        return stateless_init_torch_distributed_process_group(
-            host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s)
+    ``backend``: "gloo" (CPU tensors) or "nccl" (CUDA tensors on ``device``)."""
+    if backend == "gloo":
+        return open_gloo_group(
+            host=host, port=port, rank=rank, world_size=world_size, timeout_s=timeout_s
         )
-    finally:
-        if agent is not None:
-            os.environ[_AGENT_STORE] = agent
+    if backend == "nccl":
+        from megatron_tulu.rollout.nccl_group import PyNcclGroup
+
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        return PyNcclGroup.open(host=host, port=port, rank=rank, world_size=world_size,
+                                timeout_s=timeout_s, device=device)  # fmt: skip
+    raise ValueError(f"weight-sync backend {backend!r} is not one of 'gloo', 'nccl'")
 
 
 def close_group(group: Any) -> None:

@@ -62,6 +62,7 @@ class WeightReceiver:
             world_size=world_size,
             backend=backend,
             timeout_s=timeout_s,
+            device=self.device,
         )
         return rank
 

@@ -49,6 +49,7 @@ def child_env(**extra: str) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="ignore",
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS="1",  # vLLM waits 5 s for workers, then SIGTERMs
     )
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the recipe's kv_cache_gib sizes the cache
     env.update(extra)

@@ -52,6 +52,7 @@ def main(recipe_path: str, hf_dir: str, out_json: str, prompts_json: str, new_to
     out["sync_host"] = resolve_sync_host(engine.config, engine.engines)
     out["pushed"] = greedy()
     out["engine_pids"] = engine.engine_pids()
+    out["engine_hosts"] = [e.info.host for e in engine.engines]
     engine.close()
     destroy_parallel()
     with open(out_json, "w") as f:
