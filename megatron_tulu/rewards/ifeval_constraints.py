@@ -221,7 +221,7 @@ _BOLD_RE = re.compile(r"\*\*([^\n*]*)\*\*")
 
 def _num_filled(pattern: re.Pattern[str], text: str) -> int:
     """The matches of ``pattern`` (IFEval's ``findall`` pairing) whose content is not blank."""
-    return sum(1 for content in pattern.findall(text) if content and not content.isspace())
+    return sum(1 for content in filter(None, pattern.findall(text)) if not content.isspace())
 
 
 @_constraint("detectable_format:number_highlighted_sections", num_highlights=count_arg)

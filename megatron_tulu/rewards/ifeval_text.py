@@ -11,9 +11,9 @@ Sentences (``count_sentences``): a sentence ends at ``.``, ``!`` or ``?`` (a run
 the quote), when whitespace follows. As punkt decides with its abbreviation list and
 orthographic heuristics: an ellipsis ("..."), a dotted abbreviation ("U.S.A.", "e.g.") or "etc."
 ends a sentence only when the next word is capitalised ("Wait... What?" is two sentences,
-"Well... maybe." one); a title ("Mr.", "Dr.", ...) or an initial ("J. Smith") never does. A
-newline alone does not end a sentence (punkt reads it as a space). Pieces without a word
-character are not counted.
+"Well... maybe." one); a title ("Mr.", "Dr.", ...) or an initial ("J. Smith"; "I." is the
+pronoun) never does. A newline alone does not end a sentence (punkt reads it as a space). Pieces
+without a word character are not counted.
 
 Capital words (``capital_words``): words are runs of word characters joined by single
 hyphens, dots or apostrophes ("WELL-KNOWN", "U.S.A." and "O'NEIL" are one word each, as one
@@ -52,9 +52,10 @@ LANGUAGE_SEED = 0
 WORD_RE = re.compile(r"\w+")
 
 # -- sentences --------------------------------------------------------------------------------
-# A run of end marks (not inside a longer run), closing marks, then whitespace. Possessive
-# quantifiers and the look-behind keep the scan linear on runs of dots or quotes.
-_SENTENCE_END_RE = re.compile(r"(?<![.!?])([.!?]++)[\"'”’)\]}»]*+(?=\s)")
+# A run of end marks (from its first mark: the look-behind refuses a mark after a mark), closing
+# marks, then whitespace. Possessive quantifiers and the look-behind keep the scan linear on runs
+# of dots or quotes; starting with the character set lets the engine skip to candidates.
+_SENTENCE_END_RE = re.compile(r"([.!?](?<![.!?]{2})[.!?]*+)[\"'”’)\]}»]*+(?=\s)")
 _NEXT_START_RE = re.compile(r"\s*+[\"'“‘(\[]*+(.?)")
 _DOTTED_RE = re.compile(r"(?:\w\.)+\w")  # the word before the last dot: "U.S.A", "e.g"
 _TITLES = frozenset("mr mrs ms dr prof st jr sr vs mt capt col gen gov lt rev sgt sen rep".split())
@@ -82,7 +83,7 @@ def _ends_sentence(text: str, match: re.Match[str]) -> bool:
     word = parts[-1].lstrip(_OPENERS) if parts else ""
     if not word or len(parts[-1]) == len(window) == _WORD_WINDOW:  # a longer word
         return True
-    if len(word) == 1:  # an initial
+    if len(word) == 1 and word.isupper() and word != "I":  # an initial ("J. Smith")
         return False
     lowered = word.lower()
     if lowered in _TITLES:

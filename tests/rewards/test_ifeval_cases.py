@@ -178,6 +178,8 @@ CASES: list[tuple[object, str, Outcome]] = [
      "J. R. Tolkien wrote it (in 1954.) Then more.", MISMATCH),
     (google("length_constraints:number_sentences", relation="less than", num_sentences=2),
      "Line one\nline two without an end mark", MATCH),
+    (google("length_constraints:number_sentences", relation="at least", num_sentences=2),
+     "So do I. Then we go.", MATCH),  # "I." is no initial
     (google("detectable_format:number_bullet_lists", num_bullets=2),
      "* one\u2028* two\n* three", MATCH),
     (google("detectable_format:number_bullet_lists", num_bullets=3),

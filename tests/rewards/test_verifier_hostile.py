@@ -94,6 +94,7 @@ ALL_CONSTRAINTS = [
     },
     {"type": "change_case:english_lowercase"},
     {"type": "change_case:english_capital"},
+    {"type": "language:response_language", "language": "en"},
     {
         "type": "change_case:capital_word_frequency",
         "capital_frequency": 2,
