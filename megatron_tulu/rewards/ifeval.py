@@ -188,6 +188,8 @@ def _load_text(text: str) -> object:
 def parse_constraints(ground_truth: object) -> tuple[Constraint, ...]:
     """Validate an IFEval ground truth (see the module docstring for the layouts)."""
     spec = _load_text(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    if isinstance(spec, str):  # JSON text of JSON text (a twice-encoded column)
+        spec = _load_text(spec)
     items = [spec] if isinstance(spec, Mapping) else spec
     if not isinstance(items, Sequence) or isinstance(items, str | bytes) or not items:
         raise GroundTruthError(

@@ -137,6 +137,7 @@ CASES: list[tuple[object, str, Outcome]] = [
     (tulu("validate_no_commas"), "<think>Well, hmm, yes.</think>No commas here.", MATCH),
     (tulu("validate_lowercase"), "<|assistant|><answer>all lower</answer>", MATCH),
     (tulu("validate_lowercase"), "<think>All thinking, no answer.</think>  ", NO_ANSWER),
+    (json.dumps(tulu("validate_lowercase")), "twice-encoded ground truth", MATCH),
     # -- open-instruct's newer rows: Google's ids, open-instruct's answer ---------------------
     (newer(["keywords:existence"], [{"keywords": ["sun"], "relation": None}]), "the sun", MATCH),
     (newer(["keywords:existence"], [{"keywords": ["sun"]}]), "the moon", MISMATCH),
