@@ -149,11 +149,20 @@ def parse_preference_row(row: Any) -> tuple[list[dict[str, str]], list[dict[str,
 
 class PreferenceDataset:
     def __init__(
-        self, examples: list[PreferenceExample], report: DataReport, *, pad_id: int
+        self,
+        examples: Sequence[PreferenceExample],
+        report: DataReport,
+        *,
+        pad_id: int,
+        lengths: list[int] | None = None,
     ) -> None:
+        """``examples``: a list, or a sequence decoding them on access (a tokenised table);
+        ``lengths``: what :attr:`lengths` returns, when known without decoding them all."""
         self.examples = examples
         self.report = report
         self.pad_id = pad_id
+        self.fingerprint = ""  # what identifies the data (set by the stages' loader)
+        self._lengths = lengths
 
     @classmethod
     def from_jsonl(
@@ -181,6 +190,8 @@ class PreferenceDataset:
     @property
     def lengths(self) -> list[int]:
         """The longer side of each pair (what a batch pads to)."""
+        if self._lengths is not None:
+            return self._lengths
         return [max(len(e.chosen_ids), len(e.rejected_ids)) for e in self.examples]
 
     def batch(

@@ -107,10 +107,21 @@ def parse_sft_row(row: Any) -> list[dict[str, str]]:
 class SFTDataset:
     """Tokenised SFT examples in file order; ``report`` says what was skipped and why."""
 
-    def __init__(self, examples: list[SFTExample], report: DataReport, *, pad_id: int) -> None:
+    def __init__(
+        self,
+        examples: Sequence[SFTExample],
+        report: DataReport,
+        *,
+        pad_id: int,
+        lengths: list[int] | None = None,
+    ) -> None:
+        """``examples``: a list, or a sequence decoding them on access (a tokenised table);
+        ``lengths``: what :attr:`lengths` returns, when known without decoding them all."""
         self.examples = examples
         self.report = report
         self.pad_id = pad_id
+        self.fingerprint = ""  # what identifies the data (set by the stages' loader)
+        self._lengths = lengths
 
     @classmethod
     def from_jsonl(
@@ -137,6 +148,8 @@ class SFTDataset:
 
     @property
     def lengths(self) -> list[int]:
+        if self._lengths is not None:
+            return self._lengths
         return [len(e) for e in self.examples]
 
     @property

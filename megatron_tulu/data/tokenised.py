@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -247,59 +247,95 @@ class TableRow:
     source: int
 
 
-def good_rows(
-    table: Any, *, bad_rows: str, num_report_examples: int
-) -> tuple[Iterator[TableRow], DataReport]:
-    """The table's good rows in order (a generator: consume it before reading the report);
-    bad rows are counted in the report, or raise under ``bad_rows="fail"``."""
+SCREEN_COLUMNS = ("file", "row", "unit", "problem", "detail", "truncated")
+
+
+def screen(table: Any, *, bad_rows: str, num_report_examples: int) -> tuple[list[int], DataReport]:
+    """The indices of the table's good rows, and the report: bad rows counted (first examples
+    kept), or raised at the first under ``bad_rows="fail"``. Reads only the small columns."""
     policy = BadRowPolicy.parse(bad_rows)
     report = DataReport(num_examples_per_reason=num_report_examples)
-    columns = table.data.table.to_pydict()
-
-    def rows() -> Iterator[TableRow]:
-        names = list(columns)
-        for values in zip(*(columns[n] for n in names), strict=True):
-            row = dict(zip(names, values, strict=True))
-            report.num_rows_read += 1
-            origin = (row.pop("file"), row.pop("row"), row.pop("unit"))
-            if row["problem"]:
-                bad = BadRow(origin[0], origin[1], row["problem"], row["detail"], origin[2])
-                reject(report, policy, bad)
-                continue
-            yield TableRow(row, *origin, source=row.pop("source"))
-
-    return rows(), report
-
-
-def sft_dataset(table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3):
-    """The table (kind "sft") as an :class:`SFTDataset`."""
-    rows, report = good_rows(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
-    examples = []
-    for r in rows:
-        v = r.values
-        examples.append(SFTExample(v["input_ids"], v["loss_mask"], r.file, r.row, v["truncated"]))
+    cols = table.select_columns(list(SCREEN_COLUMNS)).data.table.to_pydict()
+    good: list[int] = []
+    for index, (file, row, unit, problem, detail, truncated) in enumerate(
+        zip(*(cols[c] for c in SCREEN_COLUMNS), strict=True)
+    ):
+        report.num_rows_read += 1
+        if problem:
+            reject(report, policy, BadRow(file, row, problem, detail, unit))
+            continue
+        good.append(index)
         report.num_rows_kept += 1
-        report.num_truncated += int(v["truncated"])
-    return SFTDataset(examples, report, pad_id=pad_id)
+        report.num_truncated += int(truncated)
+    return good, report
 
 
-def preference_dataset(table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3):
-    """The table (kind "preference") as a :class:`PreferenceDataset`."""
-    rows, report = good_rows(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
-    examples = []
-    for r in rows:
-        v = r.values
-        examples.append(
-            PreferenceExample(
-                v["chosen_ids"],
-                v["chosen_mask"],
-                v["rejected_ids"],
-                v["rejected_mask"],
-                r.file,
-                r.row,
-                v["truncated"],
-            )
-        )
-        report.num_rows_kept += 1
-        report.num_truncated += int(v["truncated"])
-    return PreferenceDataset(examples, report, pad_id=pad_id)
+def good_rows(
+    table: Any, *, bad_rows: str, num_report_examples: int
+) -> tuple[list[TableRow], DataReport]:
+    """The table's good rows in order, decoded (for small tables: RL prompts), and the report."""
+    good, report = screen(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    rows = []
+    for index in good:
+        row = dict(table[index])
+        origin = (row.pop("file"), row.pop("row"), row.pop("unit"))
+        rows.append(TableRow(row, *origin, source=row.pop("source")))
+    return rows, report
+
+
+class TableExamples(Sequence[Any]):
+    """Rows ``indices`` of a (memory-mapped) tokenised table as examples, decoded on access:
+    a rank holds the token ids of the rows it is batching, not the whole dataset's."""
+
+    def __init__(self, table: Any, indices: list[int], make: Any) -> None:
+        self.table, self.indices, self.make = table, indices, make
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.make(self.table[self.indices[i]])
+
+
+def _lengths(table: Any, good: list[int], *columns: str) -> list[int]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = table.data.table
+    per_column = [pc.list_value_length(arrow.column(c)) for c in columns]
+    longest = per_column[0]
+    for other in per_column[1:]:
+        longest = pc.max_element_wise(longest, other)
+    return pc.take(longest, pa.array(good, type=pa.int64())).to_pylist()
+
+
+def _sft_example(row: dict[str, Any]) -> SFTExample:
+    return SFTExample(row["input_ids"], row["loss_mask"], row["file"], row["row"], row["truncated"])
+
+
+def _pair_example(row: dict[str, Any]) -> PreferenceExample:
+    return PreferenceExample(
+        row["chosen_ids"], row["chosen_mask"], row["rejected_ids"], row["rejected_mask"],
+        row["file"], row["row"], row["truncated"],
+    )  # fmt: skip
+
+
+def sft_dataset(
+    table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3
+) -> SFTDataset:
+    """The table (kind "sft") as an :class:`SFTDataset` whose examples stay in the table."""
+    good, report = screen(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    examples = TableExamples(table, good, _sft_example)
+    return SFTDataset(examples, report, pad_id=pad_id, lengths=_lengths(table, good, "input_ids"))
+
+
+def preference_dataset(
+    table: Any, *, pad_id: int, bad_rows: str, num_report_examples: int = 3
+) -> PreferenceDataset:
+    """The table (kind "preference") as a :class:`PreferenceDataset` (examples in the table)."""
+    good, report = screen(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    examples = TableExamples(table, good, _pair_example)
+    lengths = _lengths(table, good, "chosen_ids", "rejected_ids")
+    return PreferenceDataset(examples, report, pad_id=pad_id, lengths=lengths)

@@ -133,7 +133,8 @@ def chat_dataset(
     recipe: RecipeConfig, kind: str, tokenizer: Tokenizer, tok_path: str, train_file: str
 ) -> Any:
     """The stage's SFTDataset (``kind="sft"``) or PreferenceDataset (``"preference"``), with
-    ``fingerprint`` (the data key, for caches derived from the data) set."""
+    ``fingerprint`` (the data key, for caches derived from the data) set. Its examples stay in
+    the (memory-mapped) tokenised table, decoded when batched."""
     table, meta, key = tokenised_table(recipe, kind, tok_path, train_file)
     make = {"sft": sft_dataset, "preference": preference_dataset}[kind]
     dataset = make(table, pad_id=tokenizer.pad_id, bad_rows=recipe.data.bad_rows)
