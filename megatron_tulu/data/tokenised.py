@@ -250,9 +250,12 @@ class TableRow:
 SCREEN_COLUMNS = ("file", "row", "unit", "problem", "detail", "truncated")
 
 
-def screen(table: Any, *, bad_rows: str, num_report_examples: int) -> tuple[list[int], DataReport]:
+def screen(
+    table: Any, *, bad_rows: str, num_report_examples: int, count_kept: bool = True
+) -> tuple[list[int], DataReport]:
     """The indices of the table's good rows, and the report: bad rows counted (first examples
-    kept), or raised at the first under ``bad_rows="fail"``. Reads only the small columns."""
+    kept), or raised at the first under ``bad_rows="fail"``; good rows counted as kept unless
+    the caller filters further (``count_kept=False``). Reads only the small columns."""
     policy = BadRowPolicy.parse(bad_rows)
     report = DataReport(num_examples_per_reason=num_report_examples)
     cols = table.select_columns(list(SCREEN_COLUMNS)).data.table.to_pydict()
@@ -265,7 +268,7 @@ def screen(table: Any, *, bad_rows: str, num_report_examples: int) -> tuple[list
             reject(report, policy, BadRow(file, row, problem, detail, unit))
             continue
         good.append(index)
-        report.num_rows_kept += 1
+        report.num_rows_kept += int(count_kept)
         report.num_truncated += int(truncated)
     return good, report
 
@@ -273,8 +276,11 @@ def screen(table: Any, *, bad_rows: str, num_report_examples: int) -> tuple[list
 def good_rows(
     table: Any, *, bad_rows: str, num_report_examples: int
 ) -> tuple[list[TableRow], DataReport]:
-    """The table's good rows in order, decoded (for small tables: RL prompts), and the report."""
-    good, report = screen(table, bad_rows=bad_rows, num_report_examples=num_report_examples)
+    """The table's good rows in order, decoded (for small tables: RL prompts), and the report
+    (the caller counts the rows it keeps)."""
+    good, report = screen(
+        table, bad_rows=bad_rows, num_report_examples=num_report_examples, count_kept=False
+    )
     rows = []
     for index in good:
         row = dict(table[index])

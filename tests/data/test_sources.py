@@ -12,7 +12,12 @@ from data_helpers import conversation, write_jsonl
 
 from megatron_tulu.data.rows import BadRowError, RowProblem
 from megatron_tulu.data.sources import SourceSpec, read_source, source_files
-from megatron_tulu.data.tokenised import TokeniseSettings, build_table, sft_dataset
+from megatron_tulu.data.tokenised import (
+    TokeniseSettings,
+    build_table,
+    preference_dataset,
+    sft_dataset,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tulu"
 
@@ -117,3 +122,49 @@ def test_bad_rows_name_file_row_and_field(tmp_path: Path, task_dir: Path) -> Non
     assert f"{jsonl}:2: broken_json" in text
     with pytest.raises(BadRowError, match=r"mixed\.parquet row 2: unknown_role: messages\[0\]"):
         sft_dataset(table, pad_id=0, bad_rows="fail")
+
+
+def test_tulu_preference_rows_keep_their_conversations(tmp_path: Path, task_dir: Path) -> None:
+    """Tülu's preference rows repeat the prompt inside chosen/rejected: it is not added again,
+    even when a system turn comes first."""
+    from megatron_tulu.data.chat_templates import get_chat_template
+    from megatron_tulu.data.tokenizers import load_tokenizer
+
+    row = _rows(FIXTURES / "preference.jsonl")[0]
+    system = {"role": "system", "content": "Answer the question and show your steps."}
+    with_system = {
+        **row,
+        "chosen": [system, *row["chosen"]],
+        "rejected": [system, *row["rejected"]],
+    }
+    path = _to_parquet([row, with_system], tmp_path / "pref.parquet")
+    settings = TokeniseSettings(kind="preference", tokenizer_path=str(task_dir / "tokenizer"))
+    table, _, _ = build_table([SourceSpec(path=str(path))], settings, seed=0, shuffle=False)
+    data = preference_dataset(table, pad_id=0, bad_rows="fail")
+    template = get_chat_template("tulu", load_tokenizer(task_dir / "tokenizer"))
+    for example, source in zip(data.examples, (row, with_system), strict=True):
+        assert example.chosen_ids == template.render(source["chosen"]).input_ids
+        assert example.rejected_ids == template.render(source["rejected"]).input_ids
+    assert data.lengths == [max(len(e.chosen_ids), len(e.rejected_ids)) for e in data.examples]
+
+
+def test_rl_rows_from_a_table(tmp_path: Path, task_dir: Path) -> None:
+    from megatron_tulu.stages.rlvr.prompts import prompts_from_table
+
+    settings = TokeniseSettings(kind="rl", tokenizer_path=str(task_dir / "tokenizer"))
+    specs = [
+        SourceSpec(path=str(FIXTURES / "rlvr.parquet")),
+        SourceSpec(path=str(FIXTURES / "rlvr.jsonl")),
+    ]
+    table, _, _ = build_table(specs, settings, seed=0, shuffle=False)
+    prompts, report = prompts_from_table(table, label="rl", max_prompt_tokens=512)
+    assert len(prompts) == 12 and report.num_rows_kept == 12
+    expected = [r["ground_truth"] for r in _rows(FIXTURES / "rlvr.jsonl")]
+    assert [p.ground_truth for p in prompts[4:]] == expected
+    assert {(p.dataset, p.verifier) for p in prompts} == {("gsm8k", "gsm8k"), ("MATH", "math")}
+    assert (prompts[0].path, prompts[0].line) == (str(FIXTURES / "rlvr.parquet"), 1)
+    no_truth = [{"messages": conversation(("user", "How many?")), "dataset": "gsm8k"}]
+    path = _to_parquet([*_rows(FIXTURES / "rlvr.jsonl")[:2], *no_truth], tmp_path / "rl.parquet")
+    table, _, _ = build_table([SourceSpec(path=str(path))], settings, seed=0, shuffle=False)
+    with pytest.raises(ValueError, match=r"rl\.parquet row 3: RL prompt row has no 'ground_truth'"):
+        prompts_from_table(table, label="rl", max_prompt_tokens=512)

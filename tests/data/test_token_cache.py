@@ -107,6 +107,10 @@ def test_publish_load_and_corruption(inputs, tmp_path: Path) -> None:
     assert [e.input_ids for e in same.examples] == [
         e.input_ids for e in sft_dataset(table, pad_id=0, bad_rows="fail").examples
     ]
+    # examples decode on access from the memory-mapped table; lengths come from the table
+    assert len(same) == 14 and same.report.num_rows_kept == 14
+    assert same.lengths == [len(e.input_ids) for e in same.examples]
+    assert [e.line for e in same.examples[8:10]] == [1, 2] and same[13].path.endswith(".parquet")
     # a flipped byte in the data: an error for a reader, moved aside and rebuilt by the builder
     arrow = next((cache.path / "data").glob("*.arrow"))
     raw = bytearray(arrow.read_bytes())
