@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         address = advertised_address(args)
-        pin_interfaces(address)
+        pinned = pin_interfaces(address)
+        print(f"engine {args.engine_index} node {args.node_rank}: address {address}, "
+              f"set {pinned or 'no interface variables'}", flush=True)  # fmt: skip
         if args.nnodes > 1:
             os.environ["VLLM_HOST_IP"] = address  # vLLM's message queues bind/connect here
         model_dir = tempfile.mkdtemp(prefix=f"mt-engine-{args.engine_index}-")

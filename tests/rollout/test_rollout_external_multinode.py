@@ -68,7 +68,11 @@ def two_nodes(tmp_path_factory):
             for host in hosts:
                 if host.poll() is None:
                     host.kill()
-    logs = "\n".join((tmp / f"host{n}.log").read_text()[-2500:] for n in (0, 1))
+    texts = [(tmp / f"host{n}.log").read_text() for n in (0, 1)]
+    logs = "\n".join(t[-2500:] for t in texts)
+    head_lines = [
+        next((ln for ln in t.splitlines() if ln.startswith("engine 0 node")), "") for t in texts
+    ]
     assert trainer.returncode == 0, f"trainer failed:\n{trainer.stderr[-4000:]}\nhosts:\n{logs}"
     return {
         "out": json.loads(out_json.read_text()),
@@ -76,6 +80,7 @@ def two_nodes(tmp_path_factory):
         "codes": codes,
         "model": model,
         "logs": logs,
+        "head_lines": head_lines,
         "addresses": [nodes.address(n) for n in range(3)],
     }
 
@@ -93,3 +98,8 @@ def test_sync_address_is_the_trainers_routable_one_and_hosts_exit(two_nodes):
     assert two_nodes["out"]["engine_hosts"] == [two_nodes["addresses"][0]]  # as announced
     assert two_nodes["out"]["sync_host"] == two_nodes["addresses"][2]
     assert two_nodes["codes"] == [0, 0], two_nodes["logs"]
+    for node in (0, 1):  # each host pinned gloo/NCCL to its namespace's veth, not loopback
+        assert (
+            f"address {two_nodes['addresses'][node]}, set {{'GLOO_SOCKET_IFNAME'"
+            in (two_nodes["head_lines"][node])
+        )

@@ -20,7 +20,7 @@ from megatron_tulu.rollout.checks import hf_tensor_shapes
 from megatron_tulu.rollout.client import connect_engines, resolve_sync_host
 from megatron_tulu.rollout.config import RolloutConfig
 from megatron_tulu.rollout.engine import RolloutEngine
-from megatron_tulu.rollout.host import HostArgs, check_args
+from megatron_tulu.rollout.host import HostArgs, check_args, pin_interfaces
 from megatron_tulu.rollout.rendezvous import (
     PROTOCOL_VERSION,
     Announcement,
@@ -145,6 +145,12 @@ def test_a_host_error_file_kills_the_engine_for_the_client(tmp_path):
     error_path(tmp_path, 0, 1).write_text("worker on node 1 was OOM-killed")
     with pytest.raises(RolloutEngineDied, match="OOM-killed"):
         handle.check_alive("push_weights")
+
+
+def test_interfaces_are_found_by_address():
+    assert network.interface_of("127.0.0.1") == "lo"
+    assert network.interface_of("192.0.2.1") is None  # TEST-NET-1: on no interface here
+    assert pin_interfaces("127.0.0.1") == {}  # loopback: nothing to pin
 
 
 class _Engine:
