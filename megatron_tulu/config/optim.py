@@ -1,4 +1,23 @@
-"""Optimizer and learning-rate schedule config."""
+"""Optimizer and learning-rate schedule config, and where the optimizer's memory lives.
+
+Memory options (each planned by ``tools/plan.py``):
+
+- ``grad_reduce_dtype``: the dtype of megatron's gradient buffer (``main_grad``), i.e. of the
+  accumulation over micro-batches and of the data-parallel reduce-scatter / all-reduce.
+  ``fp32`` (megatron ``grad_reduce_in_fp32=True``): 4 bytes per parameter. ``bf16``
+  (``grad_reduce_in_fp32=False`` under bf16 training): 2 bytes and half the reduction traffic.
+  Numeric caveat: bf16 keeps 8 mantissa bits, so each addition into the buffer rounds to a
+  relative ~2^-9 -- gradients accumulated over many micro-batches and summed over many DP ranks
+  lose low-order bits (small contributions next to a large running sum can vanish). The Adam
+  update itself still runs on fp32 master weights. Needs ``training.precision: bf16``.
+- ``cpu_offload`` / ``offload_fraction``: megatron-core's ``optimizer_cpu_offload`` (its
+  HybridDeviceOptimizer): that fraction of the distributed optimizer's state (Adam m and v; with
+  Transformer Engine also the fp32 master weights, megatron's precision-aware path) lives in
+  host memory and is stepped by torch's CPU AdamW; gradients go device -> host and updated
+  parameters host -> device each step. On a host without a GPU the state is in host memory
+  already: the option is accepted and the engine builds megatron's ordinary optimizer
+  (see :func:`megatron_tulu.engine.build.megatron_optimizer_config`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +33,7 @@ from megatron_tulu.config._validate import (
 
 OPTIMIZERS = ("adam", "sgd")  # "adam" has AdamW semantics (decoupled weight decay)
 LR_DECAY_STYLES = ("constant", "linear", "cosine")
+GRAD_REDUCE_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(kw_only=True)
@@ -32,6 +52,9 @@ class OptimizerConfig:
     lr_warmup_ratio: float | None = None  # fraction of train steps; excludes lr_warmup_steps
     lr_decay_style: str = "constant"
     use_distributed_optimizer: bool = True
+    grad_reduce_dtype: str = "fp32"  # gradient buffer / DP reduction dtype (bf16: half memory)
+    cpu_offload: bool = False  # megatron-core's optimizer_cpu_offload (HybridDeviceOptimizer)
+    offload_fraction: float = 1.0  # share of the optimizer state offloaded (with cpu_offload)
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -64,6 +87,17 @@ class OptimizerConfig:
             raise ValueError(
                 f"optimizer {self.optimizer!r} with use_distributed_optimizer=true: megatron's "
                 "distributed optimizer supports only adam; set use_distributed_optimizer=false"
+            )
+        check_choice("grad_reduce_dtype", self.grad_reduce_dtype, GRAD_REDUCE_DTYPES)
+        check_bool("cpu_offload", self.cpu_offload)
+        self.offload_fraction = check_float(
+            "offload_fraction", self.offload_fraction, gt=0.0, le=1.0
+        )
+        if self.cpu_offload and not self.use_distributed_optimizer:
+            raise ValueError(
+                "optimizer.cpu_offload (true) with use_distributed_optimizer (false): megatron-"
+                "core offloads the distributed optimizer's state shards; set "
+                "use_distributed_optimizer=true or cpu_offload=false"
             )
 
     def warmup_steps(self, train_steps: int) -> int:

@@ -8,8 +8,15 @@ rank varies fastest, then the context-parallel rank, then data-parallel, then pi
 
     rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
 
-Context parallelism (``cp``) is validated here and planned by the planner, but the trainer does
-not implement it yet: :meth:`megatron_tulu.config.RecipeConfig.resolve_parallel` refuses cp > 1.
+Context parallelism (``cp``) is megatron-core's: each sequence is split into ``2 * cp``
+load-balanced chunks over ``cp`` ranks, and only Transformer Engine's attention implements it
+(the local spec used on CPU refuses cp > 1, naming the backend: :func:`megatron_tulu.parallel.
+init_parallel` and :func:`megatron_tulu.models.llama.build_model_chunks`).
+
+Uneven pipeline stages (``first_stage_layers`` / ``last_stage_layers``) are megatron-core's
+``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``: the first and
+last pipeline ranks, which also hold the embedding and the output layer, can take fewer
+transformer layers; the other ranks split the rest evenly (:meth:`ParallelConfig.layers_per_rank`).
 """
 
 from __future__ import annotations
@@ -124,6 +131,8 @@ class ParallelDims:
     micro_batch_size: int
     global_batch_size: int
     num_microbatches: int
+    first_stage_layers: int | None = None  # uneven pipeline (ParallelConfig's fields)
+    last_stage_layers: int | None = None
 
     def __post_init__(self) -> None:
         for f in (
@@ -174,10 +183,14 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     vpp: int | None = None  # virtual pipeline stages per pipeline rank; None = not interleaved
-    cp: int = 1  # context parallel: each sequence split over cp ranks (not in the trainer yet)
+    cp: int = 1  # context parallel: each sequence split over cp ranks (TE attention only)
     sequence_parallel: bool = False
     micro_batch_size: int = 1
     global_batch_size: int | None = None  # None -> micro_batch_size * dp
+    # Uneven pipeline: transformer layers on the first / last pipeline rank (None: the even
+    # share). The first rank also holds the embedding, the last the output layer and the loss.
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
 
     def __post_init__(self) -> None:
         check_int("tp", self.tp, minimum=1)
@@ -187,6 +200,19 @@ class ParallelConfig:
         check_optional_int("global_batch_size", self.global_batch_size, minimum=1)
         check_optional_int("vpp", self.vpp, minimum=1)
         check_bool("sequence_parallel", self.sequence_parallel)
+        for name in ("first_stage_layers", "last_stage_layers"):
+            value = check_optional_int(name, getattr(self, name), minimum=1)
+            if value is not None and self.pp == 1:
+                raise ValueError(
+                    f"{name} ({value}) needs pipeline parallelism but pp is 1: set pp >= 2, "
+                    f"or leave {name} unset (null)"
+                )
+            if value is not None and self.vpp is not None and value % self.vpp:
+                raise ValueError(
+                    f"{name} ({value}) is not divisible by vpp ({self.vpp}): each virtual "
+                    f"stage of that rank needs the same number of layers; use a multiple of "
+                    f"{self.vpp}"
+                )
         if self.vpp is not None and self.pp == 1:
             raise ValueError(
                 f"vpp ({self.vpp}) needs pipeline parallelism but pp is 1: set pp >= 2 for the "
@@ -217,15 +243,53 @@ class ParallelConfig:
                     f"tp ({tp}): {fix}"
                 )
 
+    @property
+    def uneven(self) -> bool:
+        return self.first_stage_layers is not None or self.last_stage_layers is not None
+
     def check_pipeline_split(self, num_layers: int) -> None:
-        """Check that ``num_layers`` split evenly over pp * vpp pipeline stages."""
-        stages = self.pp * (self.vpp or 1)
-        if num_layers % stages:
+        """Check that ``num_layers`` split over pp * vpp pipeline stages: evenly, or (uneven
+        stages) the first / last rank's counts and the rest evenly over the middle ranks."""
+        self.layers_per_rank(num_layers)
+
+    def layers_per_rank(self, num_layers: int) -> tuple[int, ...]:
+        """Transformer layers on each pipeline rank (megatron-core's rules for
+        ``num_layers_in_first/last_pipeline_stage``); ValueError quoting the counts."""
+        check_int("num_layers", num_layers, minimum=1)
+        v = self.vpp or 1
+        if not self.uneven:
+            stages = self.pp * v
+            if num_layers % stages:
+                raise ValueError(
+                    f"num_layers ({num_layers}) is not divisible by pp ({self.pp}) * "
+                    f"vpp ({v}) = {stages}: choose pp * vpp from "
+                    f"{fmt_set(divisors(num_layers))}, or set first_stage_layers / "
+                    f"last_stage_layers (uneven pipeline stages)"
+                )
+            return tuple([num_layers // self.pp] * self.pp)
+        first, last = self.first_stage_layers, self.last_stage_layers
+        rest = num_layers - (first or 0) - (last or 0)
+        middle = self.pp - (first is not None) - (last is not None)
+        given = f"first_stage_layers ({first}), last_stage_layers ({last})"
+        if rest < 0 or (middle == 0 and rest != 0) or (middle > 0 and rest == 0):
             raise ValueError(
-                f"num_layers ({num_layers}) is not divisible by pp ({self.pp}) * "
-                f"vpp ({self.vpp or 1}) = {stages}: choose pp * vpp from "
-                f"{fmt_set(divisors(num_layers))}"
+                f"{given} leave {rest} of num_layers ({num_layers}) for {middle} other "
+                f"pipeline rank(s) of pp ({self.pp}): every rank needs at least one layer and "
+                f"all layers a rank"
             )
+        if middle and rest % (middle * v):
+            raise ValueError(
+                f"{given} leave {rest} of num_layers ({num_layers}) layers, not divisible by "
+                f"the {middle} other pipeline rank(s) * vpp ({v}) = {middle * v}: change "
+                f"the first / last counts so the rest splits evenly"
+            )
+        share = rest // middle if middle else 0
+        per_rank = [share] * self.pp
+        if first is not None:
+            per_rank[0] = first
+        if last is not None:
+            per_rank[-1] = last
+        return tuple(per_rank)
 
     def check_model(self, model: ModelConfig) -> None:
         """Check that ``model`` can be split with this tp / pp / vpp (no world size needed)."""
@@ -301,4 +365,6 @@ class ParallelConfig:
             micro_batch_size=mbs,
             global_batch_size=gbs,
             num_microbatches=num_micro,
+            first_stage_layers=self.first_stage_layers,
+            last_stage_layers=self.last_stage_layers,
         )

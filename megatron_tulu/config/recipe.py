@@ -98,12 +98,14 @@ class RecipeConfig:
 
     def resolve_parallel(self, world_size: int) -> ParallelDims:
         """The trainer's layout: ``self.parallel.resolve(world_size, self.model)``, refusing
-        what the trainer cannot run yet (the planner plans it all the same)."""
+        what the stages cannot run yet (the planner plans it all the same)."""
         if self.parallel.cp > 1:
             raise ValueError(
-                f"parallel.cp ({self.parallel.cp}) > 1: context parallelism is not implemented "
-                f"in the trainer yet (ParallelConfig and the planner accept it, for planning); "
-                f"set parallel.cp to 1"
+                f"parallel.cp ({self.parallel.cp}) > 1: the process groups and the model take "
+                f"context parallelism (Transformer Engine's attention only; the local spec "
+                f"refuses it), but the stages do not yet split each micro-batch's sequence over "
+                f"the cp ranks nor reduce per-token and per-row results over them; set "
+                f"parallel.cp to 1"
             )
         return self.parallel.resolve(world_size, self.model)
 

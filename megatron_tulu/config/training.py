@@ -1,4 +1,10 @@
-"""Training-loop config (steps, sequence length, precision, recompute, paths)."""
+"""Training-loop config (steps, sequence length, precision, recompute, memory, paths).
+
+``offload_reference``: RLVR's frozen reference policy lives in host memory and is copied to the
+device only for its forward pass each step (then freed again): its bf16 weights (2 bytes per
+parameter on the policy's layout) leave the device between reference passes, at the cost of one
+host -> device copy per RL step (:func:`megatron_tulu.engine.build.on_device`).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class TrainingConfig:
     resume: str = "auto"  # auto (latest if any), latest (must exist), none, or a step number
     load_optimizer: bool = True  # false: resume weights + position, fresh optimizer
     exit_interval: int = 0  # stop (saving first) after N steps in this invocation; 0: never
+    offload_reference: bool = False  # RLVR reference weights in host memory between its passes
 
     def __post_init__(self) -> None:
         check_choice("stage", self.stage, STAGES)
@@ -56,6 +63,7 @@ class TrainingConfig:
         check_int("keep_last", self.keep_last, minimum=0)
         check_bool("load_optimizer", self.load_optimizer)
         check_int("exit_interval", self.exit_interval, minimum=0)
+        check_bool("offload_reference", self.offload_reference)
         self.resume = str(self.resume)
         if self.resume not in ("auto", "latest", "none") and not self.resume.isdigit():
             raise ValueError(

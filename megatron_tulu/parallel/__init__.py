@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 
 import torch
@@ -40,15 +41,19 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    if dims.cp > 1:
+    if dims.cp > 1 and not context_parallel_backend():
         raise ValueError(
-            f"parallel.cp ({dims.cp}) > 1: context parallelism is not implemented in the "
-            "trainer yet; use cp=1"
+            f"parallel.cp ({dims.cp}) > 1: megatron-core's context parallelism runs only in "
+            "Transformer Engine's attention; without TE and CUDA the model uses the local spec "
+            "(megatron-core's DotProductAttention, or the SDPA core attention), which has no "
+            "context parallelism. Set "
+            "parallel.cp=1, or run where transformer-engine[pytorch] and a GPU are present"
         )
     if dist.get_world_size() != dims.world_size:
         raise ValueError(
             f"the launcher started {dist.get_world_size()} ranks but the layout needs "
-            f"world_size {dims.world_size} (tp {dims.tp} * pp {dims.pp} * dp {dims.dp}): "
+            f"world_size {dims.world_size} (tp {dims.tp} * cp {dims.cp} * pp {dims.pp} * dp "
+            f"{dims.dp}): "
             "launch with --nproc-per-node matching, or change parallel.tp/pp"
         )
     if parallel_state.model_parallel_is_initialized():
@@ -57,9 +62,16 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
         tensor_model_parallel_size=dims.tp,
         pipeline_model_parallel_size=dims.pp,
         virtual_pipeline_model_parallel_size=dims.vpp,
+        context_parallel_size=dims.cp,
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
+
+
+def context_parallel_backend() -> bool:
+    """Whether context parallelism can run here: Transformer Engine's attention (TE importable
+    on a CUDA machine, as :func:`megatron_tulu.models.llama.transformer_engine_usable`)."""
+    return has_cuda() and importlib.util.find_spec("transformer_engine") is not None
 
 
 def destroy_parallel() -> None:

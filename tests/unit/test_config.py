@@ -319,7 +319,7 @@ def test_override_preset(tmp_path: Path) -> None:
     ("tp=2", r"override 'tp=2' is not of the form section\.field=value"),
     ("parallel.tpp=2", (r"unknown field 'tpp' in section 'parallel' of override "
      r"'parallel\.tpp=2': valid fields are \{tp, pp, vpp, cp, sequence_parallel, "
-     r"micro_batch_size, global_batch_size\}")),
+     r"micro_batch_size, global_batch_size, first_stage_layers, last_stage_layers\}")),
     ("dataset.path=x",
      r"unknown section 'dataset' .*\{model, parallel, optimizer, training, data, dpo, rlvr, "
      r"value, rollout\}"),

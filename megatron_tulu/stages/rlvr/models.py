@@ -5,7 +5,9 @@ helper-sized checkpoint).
 Policy and reference share the trainer's parallel layout; the value model shares it too, or runs
 on its own groups with ``value.tp`` (TP ``value.tp``, no pipeline, DP over the rest). Initial
 weights come from ``training.init_from_native`` or ``training.init_from_hf`` (the SFT/DPO
-checkpoint); the value body from ``value.init_*``.
+checkpoint); the value body from ``value.init_*``. With ``training.offload_reference`` the
+reference's weights stay in host memory between its forward passes (:func:`engine.build.on_device`
+brings them in for the pass and frees them after).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from megatron.core import parallel_state as ps
 
 from megatron_tulu.checkpoint.native import load_checkpoint
 from megatron_tulu.config import ModelConfig, ParallelDims, RecipeConfig, model_preset
-from megatron_tulu.engine.build import Engine, FrozenModel, build_engine, build_frozen, freeze
+from megatron_tulu.engine.build import (
+    Engine,
+    FrozenModel,
+    build_engine,
+    build_frozen,
+    freeze,
+    offload_to_host,
+)
 from megatron_tulu.models.hf_io import load_hf_weights
 from megatron_tulu.models.llama import BuildOptions
 from megatron_tulu.parallel import global_groups
@@ -62,7 +71,8 @@ def build_policy(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions
 
 
 def build_reference(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions) -> FrozenModel:
-    """The frozen reference: the initial policy, or ``rlvr.reference_init`` (helper-sized)."""
+    """The frozen reference: the initial policy, or ``rlvr.reference_init`` (helper-sized);
+    in host memory between passes with ``training.offload_reference``."""
     rl, t = recipe.rlvr, recipe.training
     model = recipe.model
     if rl.reference == "helper":
@@ -74,7 +84,8 @@ def build_reference(recipe: RecipeConfig, dims: ParallelDims, options: BuildOpti
         load_checkpoint(ref, t.init_from_native, weights_only=True)
     elif t.init_from_hf:
         _hf_loader(t.init_from_hf, model, dims)(ref.chunks)
-    return freeze(ref)
+    ref = freeze(ref)
+    return offload_to_host(ref) if t.offload_reference else ref
 
 
 def value_model_config(recipe: RecipeConfig) -> ModelConfig:

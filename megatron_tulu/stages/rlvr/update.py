@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from megatron_tulu.config import RecipeConfig
+from megatron_tulu.engine.build import on_device
 from megatron_tulu.engine.forward import forward_step, measure_step
 from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import train_step
@@ -75,11 +76,12 @@ def learn(
         "token_logp", partial(response_logprobs, vocab_size=vocab, temperature=rl.temperature)
     )
     old_logp = forward_per_token(policy, batch, logp_step, "token_logp")
-    ref_logp = (
-        forward_per_token(reference, batch, logp_step, "token_logp")
-        if reference is not None
-        else old_logp.clone()
-    )
+    with on_device(reference):  # an offloaded reference comes in for this pass only
+        ref_logp = (
+            forward_per_token(reference, batch, logp_step, "token_logp")
+            if reference is not None
+            else old_logp.clone()
+        )
     values = (
         forward_per_token(value, batch, measure_step("values", response_values), "values")
         if value is not None
