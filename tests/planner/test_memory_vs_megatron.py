@@ -16,6 +16,13 @@ applies them), written independently for this test, not copied:
   an embedding dropout mask, ``(8 + h) s b pp`` bytes; we leave those out of both sides.)
   Without SP: ``s b h (10 + 24 / t)`` per layer.
 
+The memory options (tests below): megatron's formula assumes an fp32 gradient buffer (its 6 =
+2 bf16 weights + 4 gradient bytes), the even split (its block / pp) and shards Adam over
+data_parallel_size. With bf16 gradients the planner counts 2 bytes less per parameter; with
+uneven stages the first stage's layer count replaces block / pp; with context parallelism the
+distributed optimizer shards over dp * cp (megatron-core's dp_cp group) where Megatron-LM's
+formula divides by the data-parallel size alone -- the comparison divides by dp * cp.
+
 What is compared and how close:
 1. weights + grads + optimizer: within 0.1% (the planner keeps norm weights whole on every TP
    rank and the final norm on the last stage; megatron divides both by tp/pp);
@@ -160,3 +167,33 @@ def test_output_layer_term_pp1():
     s_b = 4096
     theirs_vocab = 4 * s_b * model.padded_vocab_size(2) / 2
     assert r0.logits == 2 * theirs_vocab
+
+
+# (model, layout fields, GPUs, global batch): NVIDIA's 8B CP2 run, 405B RLVR (uneven stages),
+# 70B with bf16 gradients, 8B TP2 with bf16 gradients
+OPTION_LAYOUTS = [
+    ("llama3.1-8b", dict(tp=1, cp=2), 8, 128),
+    ("llama3.1-405b", dict(tp=8, pp=10, first_stage_layers=11, last_stage_layers=11), 240, 240),
+    ("llama3.1-70b", dict(tp=4, pp=10, vpp=8, grad_reduce_dtype="bf16"), 40, 80),
+    ("llama3.1-8b", dict(tp=2, grad_reduce_dtype="bf16"), 6, 30),
+]
+
+
+@pytest.mark.parametrize("name,kw,gpus,gb", OPTION_LAYOUTS)
+def test_weights_grads_optimizer_with_options_vs_megatron(name, kw, gpus, gb):
+    model, rl = _resolved(name, kw, gpus, gb)
+    lay = rl.layout
+    r0 = rank_memory(model, rl, 0)
+    ours = r0.weights + r0.grads + r0.optimizer
+    # megatron's formula at the first stage's layer count (block / pp -> first * per layer)
+    first_share = rl.layers_per_rank[0] / model.num_layers * lay.pp
+    h, f = model.hidden_size, model.ffn_hidden_size
+    per_layer = 2 * h * q_dim(model) + 2 * h * kv_dim(model) + 3 * h * f + 2 * h
+    block = model.num_layers * per_layer + h
+    embedding = h * model.padded_vocab_size(lay.tp)
+    shard = (block * first_share / lay.pp + embedding) / lay.tp
+    if lay.pp == 1:
+        shard += embedding / lay.tp
+    theirs = shard * (6 + 12 / (rl.dp * lay.cp))
+    theirs -= (4 - lay.grad_bytes) * shard  # bf16 gradient buffer: 2 bytes, not 4
+    assert ours == pytest.approx(theirs, rel=1e-3)

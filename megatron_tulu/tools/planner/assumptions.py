@@ -32,17 +32,35 @@ def training_assumptions(
         " with SP 2 all-gathers + 2 reduce-scatters of [s/cp, b, h] per layer each way",
         "pipeline bubble (pp-1)/(vpp*m) of the slowest rank's micro-batch time; p2p sends "
         "overlap steady-state compute (one fill counted)",
-        "data parallel over dp*cp: fp32 gradient reduce-scatter "
+        "context parallel: ring attention K/V exchanges, exposed beyond the attention compute",
+        f"data parallel over dp*cp: {layout.grad_reduce_dtype} gradient reduce-scatter "
         + ("overlapped with the last backward" if options.overlap_grad_reduce else "exposed")
         + "; bf16 parameter all-gather "
         + ("overlapped with the first forward" if options.overlap_param_gather else "exposed"),
         "collective bandwidth: ring bound, NVLink inside a node, one NIC per GPU across nodes; "
         "ranks ordered tp-cp-dp-pp (megatron default), 8 GPUs per node",
-        "memory per GPU: bf16 weights 2 B + fp32 grads 4 B + Adam (fp32 master, m, v) 12 B per "
-        "parameter, the 12 B sharded over dp*cp with the distributed optimizer",
+        f"memory per GPU: bf16 weights 2 B + {layout.grad_reduce_dtype} grads "
+        f"{layout.grad_bytes} B + Adam (fp32 master, m, v) 12 B per parameter, the 12 B sharded "
+        "over dp*cp with the distributed optimizer"
+        + (
+            f"; {layout.optimizer_offload:g} of the optimizer state offloaded to host memory "
+            + (
+                "(master, m and v: TE's precision-aware path)"
+                if layout.kernels == "te"
+                else "(m and v; the fp32 master stays)"
+            )
+            + ", its step on the CPU (PCIe 8 B/param, host memory 28 B/param, overlapped)"
+            if layout.optimizer_offload
+            else ""
+        ),
         "activations: Korthikanti et al. 2022 re-derived for Llama as this codebase builds it "
         "(no dropout, RMSNorm, GQA, V a view of the QKV output, unfused RoPE, "
-        + ("fused SwiGLU" if layout.swiglu_fusion else "unfused SwiGLU: 5F per token")
+        + ("fused SwiGLU" if layout.swiglu_fused else "unfused SwiGLU: 5F per token")
+        + (
+            ", megatron's fusions (RoPE, grad accumulation, cross entropy)"
+            if layout.fusions
+            else ""
+        )
         + f"), kernels '{layout.kernels}'"
         + (" (TE: fused norm, flash attention)" if layout.kernels == "te" else " (local spec)")
         + "; first pipeline rank holds pp micro-batches (interleaved: megatron's warm-up count)",
@@ -80,6 +98,8 @@ def rlvr_assumptions(
     value_model: str | None,
     value_tp: int | None,
     engine: str,
+    offload_reference: bool = False,
+    optimizer_steps_per_epoch: int = 1,
 ) -> list[str]:
     out = [
         "rollout: vLLM on dedicated GPUs (gpu_memory_utilization 0.9, max_num_seqs 256, 3 GiB "
@@ -98,7 +118,12 @@ def rlvr_assumptions(
         ),
         "training phases per step: "
         + ("policy old-log-prob forward, " if recompute_old_logprobs else "")
-        + "reference forward (a full policy copy, bf16 weights resident on the training GPUs), "
+        + "reference forward (a full policy copy, bf16 weights "
+        + (
+            "in host memory, copied to the device for its pass over PCIe), "
+            if offload_reference
+            else "resident on the training GPUs), "
+        )
         + (
             f"value forward ({value_model}, TP {value_tp}, PP 1, scalar head), "
             if value_model
@@ -106,7 +131,11 @@ def rlvr_assumptions(
         )
         + "then ppo_epochs x (policy forward+backward"
         + (" + value forward+backward)" if value_model else ")")
-        + "; one optimizer step per epoch; sequences padded to prompt + response",
+        + f"; {optimizer_steps_per_epoch} optimizer step(s) per epoch; sequences padded to "
+        "prompt + response",
+        "weight push: each pipeline stage's TP rank 0 gathers one unit (embedding, decoder "
+        "layer, output layer) whole; trainer rank 0 also receives the other stages' tensors "
+        "one by one and packs 32 MiB buckets (a phase of its own, after the activations)",
         "step = "
         + (
             "max(generation, training) + weight sync (one-step off-policy)"

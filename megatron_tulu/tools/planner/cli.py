@@ -1,7 +1,8 @@
 """Command line of the planner (``tools/plan.py``).
 
 Exit codes: 0 planned (and fits), 2 invalid input (a layout that does not divide, an unknown
-model...), 3 does not fit in memory (the message names the overflowing component).
+model...), 3 does not fit in memory (the message names the overflowing component). A layout
+that does not fit is still planned: its step time and breakdown are printed, under a warning.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from megatron_tulu.config import MODEL_PRESETS, ModelConfig, model_preset
 from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB, DoesNotFit
 from megatron_tulu.tools.planner.hardware import HARDWARE, get_hardware
 from megatron_tulu.tools.planner.layout import (
+    GRAD_DTYPES,
     KERNELS,
     PRECISIONS,
     RECOMPUTE,
@@ -111,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan megatron's fused SwiGLU (bias_activation_fusion; off in this codebase)",
     )
     p.add_argument(
+        "--fusions",
+        action="store_true",
+        help="plan megatron's production fusions (SwiGLU, RoPE, gradient accumulation, cross "
+        "entropy), as NVIDIA's recipes run; off in this codebase",
+    )
+    p.add_argument("--first-stage-layers", type=int, default=None, help="uneven pipeline")
+    p.add_argument("--last-stage-layers", type=int, default=None, help="uneven pipeline")
+    p.add_argument(
+        "--grad-reduce-dtype",
+        choices=GRAD_DTYPES,
+        default="fp32",
+        help="gradient buffer / DP reduction dtype (optimizer.grad_reduce_dtype)",
+    )
+    p.add_argument(
+        "--optimizer-offload",
+        type=float,
+        default=0.0,
+        help="fraction of the optimizer state in host memory (optimizer.cpu_offload + "
+        "offload_fraction); 0: none",
+    )
+    p.add_argument(
         "--efficiency",
         type=float,
         default=None,
@@ -153,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-old-logprob-pass",
         action="store_true",
         help="skip the policy forward that recomputes old log-probs",
+    )
+    r.add_argument(
+        "--offload-reference",
+        action="store_true",
+        help="reference weights in host memory between its passes (training.offload_reference)",
+    )
+    r.add_argument(
+        "--minibatches",
+        type=int,
+        default=1,
+        help="optimizer steps per PPO epoch (rollouts / parallel.global_batch_size)",
     )
     r.add_argument("--vllm-max-seqs", type=int, default=256)
     r.add_argument("--vllm-memory-utilization", type=float, default=0.9)
@@ -222,6 +256,11 @@ def _base_layout(args: argparse.Namespace, *, global_batch: int, seq_len: int) -
         kernels=args.kernels,
         uneven_pipeline=args.uneven_pipeline,
         swiglu_fusion=args.swiglu_fusion,
+        fusions=args.fusions,
+        first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers,
+        grad_reduce_dtype=args.grad_reduce_dtype,
+        optimizer_offload=args.optimizer_offload,
     )
 
 
@@ -237,6 +276,8 @@ def _run_rlvr(args, model, hw, opts) -> tuple[dict[str, Any], str]:
         recompute_old_logprobs=not args.no_old_logprob_pass,
         is_async=args.is_async,
         engine=args.engine,
+        offload_reference=args.offload_reference,
+        optimizer_steps_per_epoch=args.minibatches,
     )
     searching = args.search and (args.rollout_gpus is None or args.vllm_tp is None)
     if searching:  # placeholders: the search replaces the rollout GPUs and vLLM TP
@@ -343,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**out, "error": str(exc)}, indent=2))
         elif hasattr(exc, "text"):
             print(exc.text)
+            step = out.get("step_time_s", float("nan"))
+            print(
+                f"\nWARNING: this layout does not fit; the step time above ({step:.1f} s) is "
+                f"what it would take if it did. {exc}"
+            )
         print(str(exc), file=sys.stderr)
         return 3
     except ValueError as exc:  # PlanError and config validation errors

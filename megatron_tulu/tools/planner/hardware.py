@@ -19,6 +19,11 @@ Efficiencies (fractions of a peak that real kernels / collectives reach):
   bandwidth / line rate). Nominal 0.8 (not calibrated).
 - Collective latencies (small messages, e.g. decode-time all-reduces): 10 us inside a node,
   25 us across nodes (typical NCCL small-message all-reduce latencies; nominal).
+
+Host side (offloads; nominal, not calibrated): ``host_link_gb_s`` is one GPU's PCIe Gen5 x16
+link per direction (64 GB/s line rate, reached at the ``network`` efficiency); ``host_mem_gb_s``
+is one GPU's share of the node's host-memory bandwidth for a CPU optimizer (a 2-socket DDR5
+node streams ~300-400 GB/s, shared by 8 GPU processes: 40 GB/s each).
 """
 
 from __future__ import annotations
@@ -65,9 +70,12 @@ class HardwareProfile:
     gpus_per_node: int
     efficiency: Efficiencies
     sources: tuple[str, ...] = field(default=())
+    host_link_gb_s: float = 64.0  # PCIe Gen5 x16, per GPU and direction (nominal)
+    host_mem_gb_s: float = 40.0  # one GPU's share of host memory bandwidth (nominal)
 
     def __post_init__(self) -> None:
-        for name in ("peak_tflops", "hbm_gib", "hbm_tb_s", "nvlink_gb_s", "network_gb_s"):
+        for name in ("peak_tflops", "hbm_gib", "hbm_tb_s", "nvlink_gb_s", "network_gb_s",
+                     "host_link_gb_s", "host_mem_gb_s"):  # fmt: skip
             check_float(name, getattr(self, name), gt=0.0)
         check_int("gpus_per_node", self.gpus_per_node, minimum=1)
 

@@ -2,9 +2,10 @@
 
 The layout rules (divisibility, model fit, batch sizes) are :class:`ParallelConfig`'s: a
 :class:`TrainLayout` builds one and the planner rejects exactly what it rejects, with its
-message. Planner-only choices (recompute, the distributed optimizer, kernels, the uneven pipeline
-split, the head) are checked here. Errors are :class:`PlanError` (a ``ValueError``); the CLI turns
-them into exit code 2.
+message. Planner-only choices (recompute, the distributed optimizer, kernels, the head) are
+checked here; the memory options (``grad_reduce_dtype``, ``optimizer_offload``) mirror
+:class:`megatron_tulu.config.OptimizerConfig`'s and the uneven stages ParallelConfig's. Errors
+are :class:`PlanError` (a ``ValueError``); the CLI turns them into exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_tulu.config import ModelConfig, ParallelConfig, ParallelDims
-from megatron_tulu.config._validate import check_choice, check_int, divisors, fmt_set
+from megatron_tulu.config._validate import (
+    check_choice,
+    check_float,
+    check_int,
+    divisors,
+    fmt_set,
+)
 
 RECOMPUTE = ("none", "selective", "full")
 PRECISIONS = ("bf16", "fp32")
@@ -21,6 +28,7 @@ PRECISIONS = ("bf16", "fp32")
 # attention: the softmax probabilities are kept unless core attention is recomputed).
 KERNELS = ("te", "local")
 HEADS = ("lm", "value")
+GRAD_DTYPES = ("fp32", "bf16")  # OptimizerConfig.grad_reduce_dtype
 
 
 class PlanError(ValueError):
@@ -43,13 +51,24 @@ class TrainLayout:
     seq_len: int
     precision: str = "bf16"
     kernels: str = "te"
-    # Megatron's account_for_embedding/loss_in_pipeline_split: the embedding and the loss
-    # count as one layer each, so L + 2 slots split evenly (how 126-layer 405B runs PP16).
+    # Uneven pipeline stages (ParallelConfig.first_stage_layers / last_stage_layers).
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
+    # Shorthand for megatron's account_for_embedding/loss_in_pipeline_split: the embedding and
+    # the loss count as one layer each, so L + 2 slots split evenly (how 126-layer 405B runs
+    # PP16): first = last = (L + 2) / pp - 1 layers, the same split in the fields above.
     uneven_pipeline: bool = False
     head: str = "lm"  # lm: vocab logits; value: a scalar value head (PPO value model)
     # megatron's fused SwiGLU (bias_activation_fusion=True) keeps only gate|up and recomputes
     # the product in the backward; this codebase builds with it off (the unfused GLU).
     swiglu_fusion: bool = False
+    # All of megatron's production fusions NVIDIA's recipes enable (and this codebase does not):
+    # fused SwiGLU, fused RoPE (no cos/sin tables), gradient-accumulation fusion (weight
+    # gradients go straight into main_grad: no transient copy), fused cross entropy (the fp32
+    # logits' gradient overwrites them: 4 bytes per logit instead of 8).
+    fusions: bool = False
+    grad_reduce_dtype: str = "fp32"  # gradient buffer / DP reduction (OptimizerConfig's)
+    optimizer_offload: float = 0.0  # fraction of the optimizer state in host memory
 
     def __post_init__(self) -> None:
         try:
@@ -58,9 +77,25 @@ class TrainLayout:
                 ("precision", self.precision, PRECISIONS),
                 ("kernels", self.kernels, KERNELS),
                 ("head", self.head, HEADS),
+                ("grad_reduce_dtype", self.grad_reduce_dtype, GRAD_DTYPES),
             ):
                 check_choice(name, value, choices)
             check_int("seq_len", self.seq_len, minimum=1)
+            check_float("optimizer_offload", self.optimizer_offload, ge=0.0, le=1.0)
+            if self.grad_reduce_dtype == "bf16" and self.precision != "bf16":
+                raise ValueError(
+                    f"grad_reduce_dtype ('bf16') needs precision bf16, got {self.precision!r}"
+                )
+            if self.optimizer_offload and not self.distributed_optimizer:
+                raise ValueError(
+                    f"optimizer_offload ({self.optimizer_offload:g}) needs the distributed "
+                    "optimizer (megatron-core offloads its state shards)"
+                )
+            if self.uneven_pipeline and (self.first_stage_layers or self.last_stage_layers):
+                raise ValueError(
+                    "uneven_pipeline (the L + 2 split) and first_stage_layers / "
+                    "last_stage_layers are two ways to say the same thing: give one"
+                )
             _ = self.parallel  # ParallelConfig checks tp / pp / vpp / cp / sp, the batch sizes
         except ValueError as exc:
             raise PlanError(str(exc)) from None
@@ -76,7 +111,17 @@ class TrainLayout:
             sequence_parallel=self.sp,
             micro_batch_size=self.micro_batch,
             global_batch_size=self.global_batch,
+            first_stage_layers=self.first_stage_layers,
+            last_stage_layers=self.last_stage_layers,
         )
+
+    @property
+    def swiglu_fused(self) -> bool:
+        return self.swiglu_fusion or self.fusions
+
+    @property
+    def grad_bytes(self) -> int:
+        return 2 if self.grad_reduce_dtype == "bf16" else 4
 
     @property
     def sp(self) -> bool:
@@ -98,10 +143,18 @@ class TrainLayout:
             parts.append("noSP")
         if not self.distributed_optimizer:
             parts.append("noDistOpt")
-        if self.swiglu_fusion:
+        if self.swiglu_fusion and not self.fusions:
             parts.append("swigluFused")
+        if self.fusions:
+            parts.append("fused")
         if self.uneven_pipeline:
             parts.append("uneven")
+        elif self.first_stage_layers or self.last_stage_layers:
+            parts.append(f"first={self.first_stage_layers} last={self.last_stage_layers}")
+        if self.grad_reduce_dtype != "fp32":
+            parts.append(f"grads={self.grad_reduce_dtype}")
+        if self.optimizer_offload:
+            parts.append(f"optOffload={self.optimizer_offload:g}")
         return " ".join(parts)
 
 
@@ -135,25 +188,24 @@ class ResolvedLayout:
 
 
 def layers_per_rank(model: ModelConfig, layout: TrainLayout) -> tuple[int, ...]:
-    """Transformer layers on each pipeline rank (raises PlanError when they do not split)."""
+    """Transformer layers on each pipeline rank by ParallelConfig's rules (PlanError when they
+    do not split). ``uneven_pipeline`` is megatron's L + 2 split (account_for_embedding/
+    loss_in_pipeline_split): first = last = (L + 2) / pp - 1 layers; without vpp the same as
+    first / last stage counts, with vpp a split only those megatron flags express."""
     pp, v, n = layout.pp, layout.v, model.num_layers
     if not layout.uneven_pipeline:
         try:
-            layout.parallel.check_pipeline_split(n)
+            return layout.parallel.layers_per_rank(n)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
-        return tuple([n // pp] * pp)
-    # planner-only: megatron's split with the embedding and the loss counted as layers
     slots, stages = n + 2, pp * v
-    if slots % stages:
+    if pp == 1 or slots % stages or slots // pp < 2:
         raise PlanError(
             f"num_layers + 2 ({slots}, embedding and loss counted as layers) is not "
-            f"divisible by pp ({pp}) * vpp ({v}) = {stages}: choose pp * vpp from "
-            f"{fmt_set(divisors(slots))}"
+            f"divisible by pp ({pp}) * vpp ({v}) = {stages} (pp >= 2): choose pp * vpp "
+            f"from {fmt_set(d for d in divisors(slots) if d > 1)}"
         )
     per_rank = slots // pp
-    if pp == 1:
-        return (n,)
     return (per_rank - 1, *([per_rank] * (pp - 2)), per_rank - 1)
 
 
@@ -177,9 +229,20 @@ def codebase_gaps(layout: TrainLayout) -> list[str]:
     """Features a layout needs that megatron-core has but this codebase does not wire up yet."""
     gaps = []
     if layout.cp > 1:
-        gaps.append("context parallelism (cp > 1): ParallelConfig plans it, the trainer refuses it")
-    if layout.uneven_pipeline:
-        gaps.append("uneven pipeline split (account_for_embedding/loss_in_pipeline_split)")
-    if layout.swiglu_fusion:
+        gaps.append(
+            "context parallelism (cp > 1): the process groups and the model take it (TE "
+            "attention only), the stages do not yet split batches over the cp ranks"
+        )
+    if layout.uneven_pipeline and layout.v > 1:
+        gaps.append(
+            "the L + 2 split with vpp (megatron's account_for_embedding/loss_in_pipeline_split;"
+            " this codebase sets first/last stage layer counts, each a multiple of vpp)"
+        )
+    if layout.swiglu_fusion and not layout.fusions:
         gaps.append("fused SwiGLU (bias_activation_fusion=True; megatron_tulu sets it False)")
+    if layout.fusions:
+        gaps.append(
+            "megatron's fusions (SwiGLU, RoPE, gradient accumulation, cross entropy): "
+            "megatron_tulu builds with them off"
+        )
     return gaps

@@ -1,14 +1,29 @@
 """Per-GPU memory of a training layout: weights, gradients, optimizer, activations, logits.
 
 Static memory per parameter held by a GPU (megatron-core as this codebase builds it: bf16
-parameters, fp32 gradient buffer ``grad_reduce_in_fp32=True``, Adam):
+parameters, gradient buffer in fp32 -- ``grad_reduce_in_fp32=True`` -- or bf16, Adam):
 
-    bf16: 2 (weights) + 4 (grads) + 12 (fp32 master + m + v) / shards      (= 18 plain)
+    bf16: 2 (weights) + g (grads: 4, or 2 with grad_reduce_dtype bf16)
+          + 12 (fp32 master + m + v) / shards                             (= 18 plain, fp32 g)
     fp32: 4 (weights) + 4 (grads) +  8 (m + v; the weights are the master) / shards
 
-where ``shards = dp * cp`` with the distributed optimizer, else 1. A GPU holds its pipeline
-rank's layers / tp (norm weights are replicated over tp), plus the vocab-sharded embedding on the
-first rank and the vocab-sharded output layer and final norm on the last.
+where ``shards = dp * cp`` with the distributed optimizer, else 1. This is megatron's own
+``theoretical_memory_usage`` count (18, or 6 + 12 / dp with the distributed optimizer;
+tests/planner/test_memory_vs_megatron.py). Optimizer CPU offload (fraction ``f``, megatron-core's
+HybridDeviceOptimizer) moves ``f`` of the state to host memory: all 12 bytes on the TE path
+(megatron's precision-aware optimizer), only m and v (8 bytes) without TE, where the fp32
+master stays on the device. A GPU holds its pipeline rank's layers / tp (norm weights are
+replicated over tp), plus the vocab-sharded embedding on the first rank and the vocab-sharded
+output layer and final norm on the last.
+
+Weight-push transient (RLVR, :func:`push_transient_bytes`): streaming the policy to vLLM, each
+pipeline stage's TP rank 0 gathers one *unit* (the embedding, a decoder layer, the final norm
+with the output layer) whole in the model dtype before sending it; trainer rank 0 (pipeline
+stage 0) also receives the other stages' tensors one at a time (the largest: the output layer,
+V x h) and packs them into broadcast buckets (32 MiB, a pending bucket and its packed copy).
+At 405B a whole decoder layer is 3.19B parameters (6.4 GB in bf16) and the embedding and the
+output layer 2.1B each (4.2 GB): this happens after the step's activations are freed, so it is
+a phase of its own (the largest phase counts).
 
 Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
 Models", Table 2, re-derived for Llama as this codebase builds it: no dropout, RMSNorm, GQA,
@@ -62,12 +77,16 @@ from megatron_tulu.tools.planner.layout import ResolvedLayout, TrainLayout
 LOGIT_BYTES = 8  # fp32 logits kept for backward + their fp32 gradient
 
 
+PUSH_BUCKET_BYTES = 32 * 2**20  # RolloutConfig.bucket_bytes (the weight push's packing size)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StaticBytes:
     params: float  # parameter count on this GPU
     weights: float
     grads: float
-    optimizer: float
+    optimizer: float  # on the device
+    optimizer_host: float = 0.0  # offloaded to host memory (not counted against the GPU)
 
     @property
     def total(self) -> float:
@@ -87,6 +106,7 @@ class RankMemory:
     logits: float
     transient: float  # the largest parameter's gradient before it joins main_grad
     layer_microbatches_in_flight: float
+    optimizer_host: float = 0.0  # offloaded optimizer state (host memory, not on the GPU)
 
     @property
     def total(self) -> float:
@@ -101,7 +121,7 @@ class RankMemory:
 
     def components(self) -> dict[str, float]:
         d = asdict(self)
-        for k in ("rank", "params", "layer_microbatches_in_flight"):
+        for k in ("rank", "params", "layer_microbatches_in_flight", "optimizer_host"):
             d.pop(k)
         return d
 
@@ -138,14 +158,30 @@ def rank_params(model: ModelConfig, rl: ResolvedLayout, rank: int) -> float:
     return params
 
 
-def static_bytes(params: float, precision: str, shards: int) -> StaticBytes:
-    """Weights + gradients + Adam state for ``params`` parameters (see the module docstring)."""
+def static_bytes(
+    params: float,
+    precision: str,
+    shards: int,
+    *,
+    grad_bytes: int = 4,
+    offload: float = 0.0,
+    master_offloaded: bool = True,
+) -> StaticBytes:
+    """Weights + gradients + Adam state for ``params`` parameters (see the module docstring);
+    ``offload``: the fraction of the state in host memory (``master_offloaded``: the fp32
+    master moves too, megatron's precision-aware path with TE)."""
     if precision == "bf16":
-        return StaticBytes(
-            params=params, weights=2 * params, grads=4 * params, optimizer=12 * params / shards
-        )
+        weights, master = 2 * params, 4 * params / shards
+    else:
+        weights, master, grad_bytes = 4 * params, 0.0, 4  # the fp32 weights are the master
+    moments = 8 * params / shards
+    moved = offload * (moments + (master if master_offloaded else 0.0))
     return StaticBytes(
-        params=params, weights=4 * params, grads=4 * params, optimizer=8 * params / shards
+        params=params,
+        weights=weights,
+        grads=grad_bytes * params,
+        optimizer=master + moments - moved,
+        optimizer_host=moved,
     )
 
 
@@ -172,7 +208,7 @@ def layer_activation_bytes_per_token(
         attention = (dq + 2 * kv) * a  # roped Q, GQA-expanded K and V
     else:
         attention = (dq + 2 * dkv + dq + dkv) * a  # QKV output (V is a view) + roped Q and K
-    glu = 3 * f if layout.swiglu_fusion else 5 * f  # gate|up 2F (+ silu, + up+offset), fc2 in F
+    glu = 3 * f if layout.swiglu_fused else 5 * f  # gate|up 2F (+ silu, + up+offset), fc2 in F
     sharded = attention + dq * a + glu * a  # + the out-proj input
     total = replicated / sp_div + sharded / t
     if keep_probs:
@@ -186,7 +222,10 @@ def layer_activation_bytes_per_token(
 
 def rope_table_bytes(model: ModelConfig, layout: TrainLayout) -> float:
     """Per layer and micro-batch: unfused RoPE (this codebase: apply_rope_fusion=False) keeps
-    cos and sin [s, 1, 1, head_dim] for Q and for K, whatever the batch and the heads."""
+    cos and sin [s, 1, 1, head_dim] for Q and for K, whatever the batch and the heads (none
+    with megatron's fused RoPE)."""
+    if layout.fusions:
+        return 0.0
     return 4 * layout.seq_len / layout.cp * model.head_dim * act_bytes(layout.precision)
 
 
@@ -218,20 +257,26 @@ def rank_memory(model: ModelConfig, rl: ResolvedLayout, rank: int) -> RankMemory
     lay = rl.layout
     tokens = lay.micro_batch * lay.seq_len / lay.cp  # tokens of one micro-batch on one GPU
     a = act_bytes(lay.precision)
-    static = static_bytes(rank_params(model, rl, rank), lay.precision, rl.optimizer_shards)
+    static = static_bytes(
+        rank_params(model, rl, rank), lay.precision, rl.optimizer_shards,
+        grad_bytes=lay.grad_bytes, offload=lay.optimizer_offload,
+        master_offloaded=lay.kernels == "te",
+    )  # fmt: skip
     layer_mbs = in_flight(rl, rank)
     last = rank == lay.pp - 1
-    transient = largest_layer_param_local(model, lay.tp) * a
+    # gradient-accumulation fusion writes weight gradients straight into main_grad
+    transient = 0.0 if lay.fusions else largest_layer_param_local(model, lay.tp) * a
     logits = final = 0.0
     if last:
         h = model.hidden_size
         # final norm + output-layer input, for the one micro-batch in flight on the last rank
         final = tokens * (h * _norm_bytes_per_elem(lay) + h * a) / (lay.tp if lay.sp else 1)
         elems = tokens * output_width(model, lay)
-        logits = elems * LOGIT_BYTES
+        # fused cross entropy: the gradient overwrites the fp32 logits (4 bytes, not 8)
+        logits = elems * (4 if lay.fusions else LOGIT_BYTES)
         # Output-layer backward: the logits' gradient in the model dtype, a contiguous copy of
         # it ([b, s] -> [s, b]) and the output weight's gradient; the fp32 logits are gone.
-        output_backward = 2 * a * elems + a * output_width(model, lay) * h
+        output_backward = 2 * a * elems + (0 if lay.fusions else a * output_width(model, lay) * h)
         transient = max(transient, output_backward - logits)
     if lay.recompute == "full":
         checkpoints = layer_mbs * tokens * model.hidden_size * a / (lay.tp if lay.sp else 1)
@@ -255,7 +300,33 @@ def rank_memory(model: ModelConfig, rl: ResolvedLayout, rank: int) -> RankMemory
         logits=logits,
         transient=transient,
         layer_microbatches_in_flight=layer_mbs,
+        optimizer_host=static.optimizer_host,
     )
+
+
+def push_transient_bytes(
+    model: ModelConfig, rl: ResolvedLayout, rank: int, *, bucket_bytes: int = PUSH_BUCKET_BYTES
+) -> float:
+    """Peak bytes of the weight push on pipeline rank ``rank``'s TP rank 0 (module docstring):
+    its largest unit gathered whole plus the shard list of that unit's largest tensor while it
+    is concatenated; on rank 0 at least the largest tensor received from another stage; and,
+    on rank 0, a pending bucket plus its packed copy."""
+    lay = rl.layout
+    h, v = model.hidden_size, model.vocab_size  # HF tensors: the unpadded vocabulary
+    a = act_bytes(lay.precision)
+    layer_largest = max(h * 2 * model.ffn_hidden_size, h * (q_dim(model) + 2 * kv_dim(model)))
+    units: list[tuple[float, float]] = []  # (whole unit, its largest tensor), parameters
+    if rl.layers_per_rank[rank]:
+        units.append((layer_matrix_params(model) + 2 * h, layer_largest))
+    if rank == 0:
+        units.append((v * h, v * h))
+    if rank == lay.pp - 1 and lay.head == "lm":
+        units.append((v * h + h, v * h))
+    own = max((unit + largest for unit, largest in units), default=0.0)
+    if rank != 0:
+        return a * own
+    received = v * h if lay.pp > 1 else 0.0  # the output layer, from the last stage
+    return a * max(own, received) + 2 * bucket_bytes
 
 
 def training_memory(model: ModelConfig, rl: ResolvedLayout) -> list[RankMemory]:

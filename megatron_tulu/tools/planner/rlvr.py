@@ -5,6 +5,14 @@ policy (trained), the reference policy (a full copy, forward only, bf16 weights 
 layout) and, for PPO, a value model (trained; its own layout: TP ``value_tp``, PP 1, over all
 training GPUs, a scalar head instead of the vocabulary). Phases on the training GPUs run one
 after another, so activation memory is the largest phase's while all weights stay resident.
+
+Phases counted for memory (the largest over static memory): policy training (activations,
+logits, transients), the forward-only passes, the value model's training, the reference pass
+(with ``offload_reference`` the reference's bf16 weights are on the device only then, swapped in
+over PCIe once per step: a time term) and the weight push (:func:`memory.push_transient_bytes`:
+after the step, no activations). ``optimizer_steps_per_epoch``: mini-batches per PPO epoch
+(rollouts / ``parallel.global_batch_size``), each one optimizer step over its own pipeline
+schedule; the forward-only passes run the whole rollout batch at once.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from megatron_tulu.tools.planner.assumptions import (
     training_assumptions,
     zero3_assumptions,
 )
-from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB, check_fit, gib
-from megatron_tulu.tools.planner.hardware import GIB, HardwareProfile
+from megatron_tulu.tools.planner.fit import DEFAULT_RESERVED_GIB, DoesNotFit, check_fit, gib
+from megatron_tulu.tools.planner.hardware import GB, GIB, HardwareProfile
 from megatron_tulu.tools.planner.layout import (
     PlanError,
     ResolvedLayout,
@@ -30,7 +38,9 @@ from megatron_tulu.tools.planner.layout import (
     resolve,
 )
 from megatron_tulu.tools.planner.memory import (
+    act_bytes,
     forward_only_activation_bytes,
+    push_transient_bytes,
     rank_params,
     training_memory,
 )
@@ -62,10 +72,13 @@ class RLVRSettings:
     is_async: bool = False
     engine: str = "megatron"
     zero3_efficiency: float = DEEPSPEED_ZERO3_EFFICIENCY
+    offload_reference: bool = False  # TrainingConfig.offload_reference
+    optimizer_steps_per_epoch: int = 1  # mini-batches per PPO epoch
 
     def __post_init__(self) -> None:
         try:
             check_int("ppo_epochs", self.ppo_epochs, minimum=1)
+            check_int("optimizer_steps_per_epoch", self.optimizer_steps_per_epoch, minimum=1)
             check_choice("engine", self.engine, ENGINES)
         except ValueError as exc:
             raise PlanError(str(exc)) from None
@@ -99,6 +112,14 @@ class RLVRPlan:
     @property
     def mfu(self) -> float:
         return self.model_flops / (self.gpus * self.hw.peak_flops * self.step_s)
+
+    @property
+    def fits(self) -> bool:
+        try:
+            self.check_fit()
+        except DoesNotFit:
+            return False
+        return True
 
     def check_fit(self) -> None:
         check_fit(
@@ -138,6 +159,7 @@ class RLVRPlan:
             "async": self.settings.is_async,
             "mfu": self.mfu,
             "tflops_per_gpu": self.model_flops / (self.gpus * self.step_s) / 1e12,
+            "fits": self.fits,
             "memory_gib_per_gpu": gib(sum(self.train_memory.values())),
             "rollout_memory_gib_per_gpu": gib(self.rollout_mem.total),
             "memory_capacity_gib": gib(self.capacity),
@@ -158,8 +180,6 @@ class RLVRPlan:
 
 
 def raise_kv(mem: RolloutMemory, need_tokens: int) -> None:
-    from megatron_tulu.tools.planner.fit import DoesNotFit
-
     raise DoesNotFit(
         f"does not fit: the vLLM KV cache ({gib(mem.kv_cache):.1f} GiB per GPU) holds "
         f"{mem.kv_tokens:.0f} tokens per engine, less than one sequence of {need_tokens} "
@@ -193,6 +213,8 @@ def value_layout(
         global_batch=batch,
         head="value",
         uneven_pipeline=False,
+        first_stage_layers=None,
+        last_stage_layers=None,
     )
     return resolve(value_model, lay, train_gpus)
 
@@ -230,16 +252,35 @@ def rlvr_training(
             sequence_parallel=None,
             micro_batch=1,
             uneven_pipeline=False,
+            first_stage_layers=None,
+            last_stage_layers=None,
         )
         policy = resolve(model, flat, 1)
     else:
         policy = resolve(model, layout, train_gpus)
-    v_rl = None
+    k = settings.optimizer_steps_per_epoch if settings.engine == "megatron" else 1
+    if layout.global_batch % k:
+        raise PlanError(
+            f"the {layout.global_batch} sequences per step do not split into "
+            f"optimizer_steps_per_epoch ({k}) equal mini-batches"
+        )
+    # one optimizer step trains a mini-batch (parallel.global_batch_size) -- its pipeline
+    # bubble and in-flight micro-batches are the mini-batch's; the forward passes run the
+    # whole rollout batch as one global batch (stages/rlvr/batch.forward_per_token)
+    mini = (
+        policy
+        if k == 1
+        else resolve(
+            model, dataclasses.replace(layout, global_batch=layout.global_batch // k), train_gpus
+        )
+    )
+    v_rl = v_mini = None
     if vm is not None and settings.engine == "megatron":
         v_tp = settings.value_tp or default_value_tp(vm, train_gpus)
         v_rl = value_layout(vm, layout, train_gpus, v_tp)
+        v_mini = value_layout(vm, mini.layout, train_gpus, v_tp)
     fwd_opts = dataclasses.replace(opts, forward_only=True)
-    p_train: TrainTime = training_time(model, policy, hw, opts)
+    p_train: TrainTime = training_time(model, mini, hw, opts)
     p_fwd: TrainTime = training_time(model, policy, hw, fwd_opts)
     phases: dict[str, float] = {}
     flops = 0.0
@@ -247,15 +288,17 @@ def rlvr_training(
         if settings.recompute_old_logprobs:
             phases["policy_forward"] = p_fwd.step_s
             flops += p_fwd.model_flops
+        if settings.offload_reference:
+            phases["reference_swap_in"] = reference_swap_seconds(model, policy, hw)
         phases["reference_forward"] = p_fwd.step_s
-        phases["policy_train"] = settings.ppo_epochs * p_train.step_s
-        flops += p_fwd.model_flops + settings.ppo_epochs * p_train.model_flops
-        if v_rl is not None and vm is not None:
-            v_train = training_time(vm, v_rl, hw, opts)
+        phases["policy_train"] = settings.ppo_epochs * k * p_train.step_s
+        flops += p_fwd.model_flops + settings.ppo_epochs * k * p_train.model_flops
+        if v_rl is not None and v_mini is not None and vm is not None:
+            v_train = training_time(vm, v_mini, hw, opts)
             v_fwd = training_time(vm, v_rl, hw, fwd_opts)
             phases["value_forward"] = v_fwd.step_s
-            phases["value_train"] = settings.ppo_epochs * v_train.step_s
-            flops += v_fwd.model_flops + settings.ppo_epochs * v_train.model_flops
+            phases["value_train"] = settings.ppo_epochs * k * v_train.step_s
+            flops += v_fwd.model_flops + settings.ppo_epochs * k * v_train.model_flops
     else:
         z = zero3_training(
             model,
@@ -275,10 +318,10 @@ def rlvr_training(
         mem = zero3_memory(model, value_model=vm, seq_len=layout.seq_len, gpus=train_gpus)
         rank = 0
     else:
-        mem, rank = _train_memory(model, policy, v_rl, vm)
+        mem, rank = _train_memory(model, mini, v_mini, vm, settings.offload_reference)
     return RLVRTraining(
-        policy=policy,
-        value=v_rl,
+        policy=mini,
+        value=v_mini,
         phases=phases,
         training_s=sum(phases.values()),
         model_flops=flops,
@@ -331,6 +374,8 @@ def plan_rlvr(
         recompute_old_logprobs=settings.recompute_old_logprobs,
         value_model=value_name,
         value_tp=None if v_rl is None else v_rl.layout.tp,
+        offload_reference=settings.offload_reference,
+        optimizer_steps_per_epoch=settings.optimizer_steps_per_epoch,
         engine=settings.engine
         if settings.engine == "megatron"
         else f"zero3 (DeepSpeed model, efficiency {settings.zero3_efficiency:.4g}, "
@@ -375,33 +420,51 @@ def _empty_generation() -> GenerationTime:
     )
 
 
+def reference_swap_seconds(model: ModelConfig, rl: ResolvedLayout, hw: HardwareProfile) -> float:
+    """Copying the offloaded reference's weights to the device, once per RL step (the slowest
+    rank's share over its PCIe link; eviction frees memory, no copy back)."""
+    nbytes = max(rank_params(model, rl, r) for r in range(rl.layout.pp)) * 2
+    return nbytes / (hw.host_link_gb_s * GB * hw.efficiency.network)
+
+
 def _train_memory(
     model: ModelConfig,
     policy: ResolvedLayout,
     v_rl: ResolvedLayout | None,
     vm: ModelConfig | None,
+    offload_reference: bool = False,
 ) -> tuple[dict[str, float], int]:
-    """Bytes on the worst training GPU: all weights resident, activations of the largest phase."""
+    """Bytes on the worst training GPU: static memory plus the largest phase (module
+    docstring). Phase tuples: (activations, logits, transient, reference on device, push)."""
     ranks = training_memory(model, policy)
-    fwd = (forward_only_activation_bytes(model, policy), 0.0, 0.0)
+    fwd_act = forward_only_activation_bytes(model, policy)
     v_static = 0.0
-    v_phase = (0.0, 0.0, 0.0)
+    v_phase = (0.0, 0.0, 0.0, 0.0, 0.0)
     if v_rl is not None and vm is not None:
         v0 = training_memory(vm, v_rl)[0]
         v_static = v0.weights + v0.grads + v0.optimizer
-        v_phase = (v0.activations, v0.logits, v0.transient)
+        v_phase = (v0.activations, v0.logits, v0.transient, 0.0, 0.0)
     best: tuple[dict[str, float], int] = ({}, 0)
     for r in ranks:
-        phase = max((r.activations, r.logits, r.transient), fwd, v_phase, key=sum)
+        reference = act_bytes("bf16") * rank_params(model, policy, r.rank)
+        resident = 0.0 if offload_reference else reference
+        phases = [
+            (r.activations, r.logits, r.transient, 0.0, 0.0),
+            (fwd_act, 0.0, 0.0, reference - resident, 0.0),  # policy / reference forward
+            v_phase,
+            (0.0, 0.0, 0.0, 0.0, push_transient_bytes(model, policy, r.rank)),
+        ]
+        phase = max(phases, key=sum)
         comps = {
             "weights": r.weights,
             "grads": r.grads,
             "optimizer": r.optimizer,
-            "reference_weights": 2 * rank_params(model, policy, r.rank),
+            "reference_weights": resident + phase[3],
             "value_static": v_static,
             "activations": phase[0],
             "logits": phase[1],
             "transient": phase[2],
+            "push_transient": phase[4],
         }
         if not best[0] or sum(comps.values()) > sum(best[0].values()):
             best = (comps, r.rank)

@@ -2,9 +2,11 @@
 
 Training: tp in {1, 2, 4, 8} (dividing heads, KV heads and FFN), pp dividing the layers, vpp
 dividing the layers per rank (interleaving needs micro-batches divisible by pp), cp in
-{1, 2, 4, 8} (``codebase_only`` keeps cp = 1 and even pipeline splits: what this codebase can run
-today), micro-batch in {1, 2, 4, 8}, recompute none/selective/full; SP on with tp > 1, the
-distributed optimizer on.
+{1, 2, 4, 8} (``codebase_only`` keeps cp = 1 and, with ``uneven_pipeline``, only the L + 2
+splits without vpp -- first / last stage layer counts: what this codebase runs today),
+micro-batch in {1, 2, 4, 8}, recompute none/selective/full; SP on with tp > 1, the distributed
+optimizer on. The memory options (gradient dtype, optimizer offload, fusions) come from the base
+layout, the reference offload from the RLVR settings.
 
 RLVR: additionally the rollout partition (multiples of the vLLM TP) and the vLLM TP; the training
 side is searched once per training-GPU count and combined with every rollout split.
@@ -69,23 +71,58 @@ def _replica_fits(
     return True
 
 
+def stage_splits(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """(first, last) stage layer counts for ``pp`` >= 3 ranks whose middle ranks take ``m``
+    layers each and the first and last at most ``m`` (they also hold the embedding and the
+    output layer): the two smallest valid ``m`` -- the most balanced splits."""
+    out: list[tuple[int, int]] = []
+    if pp < 3:
+        return out
+    for m in range(1, num_layers):
+        rest = num_layers - (pp - 2) * m
+        if rest < 2:
+            break
+        first, last = rest // 2, rest - rest // 2
+        if last <= m:
+            out.append((first, last))
+        if len(out) == 2:
+            break
+    return out
+
+
+def _pipeline_splits(
+    model: ModelConfig, gpus: int, tp: int, cp: int, uneven: bool
+) -> Iterator[tuple[int, int | None, int | None, bool]]:
+    """(pp, first, last, L + 2 split) candidates: even splits; with ``uneven`` megatron's
+    L + 2 split and first / last stage counts for every pp dividing the GPUs."""
+    n = model.num_layers
+    yield from ((pp, None, None, False) for pp in divisors(n))
+    if not uneven:
+        return
+    yield from ((pp, None, None, True) for pp in divisors(n + 2) if pp > 1 and (n + 2) // pp > 1)
+    if gpus % (tp * cp) == 0:
+        for pp in divisors(gpus // (tp * cp)):
+            for first, last in stage_splits(n, pp):
+                if not (n % pp == 0 and first == last == n // pp):  # not the even split
+                    yield pp, first, last, False
+
+
 def candidate_layouts(
     model: ModelConfig, gpus: int, base: TrainLayout, space: SearchSpace
 ) -> Iterator[TrainLayout]:
     """Every layout in ``space`` that :func:`resolve` accepts on ``gpus`` GPUs (even pipeline
-    splits, plus megatron's uneven L + 2 split when ``space.uneven_pipeline``)."""
+    splits, plus megatron's uneven L + 2 split and first / last stage layer counts when
+    ``space.uneven_pipeline``)."""
     cps = (1,) if space.codebase_only else space.cps
-    splits = [False] + ([True] if space.uneven_pipeline and not space.codebase_only else [])
-    for uneven, tp, cp in ((u, t, c) for u in splits for t in space.tps for c in cps):
-        slots = model.num_layers + 2 if uneven else model.num_layers
-        for pp in divisors(slots):
-            if (uneven and (pp == 1 or slots // pp < 2)) or not _replica_fits(
-                model, gpus, base, tp, cp, pp
-            ):
+    for tp, cp in ((t, c) for t in space.tps for c in cps):
+        splits = _pipeline_splits(model, gpus, tp, cp, space.uneven_pipeline)
+        for pp, first, last, l2 in splits:
+            if not _replica_fits(model, gpus, base, tp, cp, pp):
                 continue
+            per_rank = (model.num_layers + 2) // pp if l2 else model.num_layers // pp
             vpps: list[int | None] = [None]
-            if pp > 1:
-                vpps += [v for v in divisors(slots // pp) if v > 1]
+            if pp > 1 and first is None and not (l2 and space.codebase_only):
+                vpps += [v for v in divisors(per_rank) if v > 1]
             for vpp, micro in ((v, mb) for v in vpps for mb in space.micro_batches):
                 try:
                     layout = dataclasses.replace(
@@ -96,7 +133,9 @@ def candidate_layouts(
                         cp=cp,
                         micro_batch=micro,
                         sequence_parallel=None,
-                        uneven_pipeline=uneven,
+                        uneven_pipeline=l2,
+                        first_stage_layers=first,
+                        last_stage_layers=last,
                     )
                     resolve(model, layout, gpus)
                 except PlanError:

@@ -17,8 +17,15 @@ Model (all per GPU; the slowest pipeline rank sets the pace):
   last micro-batch's backward (megatron overlap_grad_reduce; only the excess is exposed); the
   parameter all-gather is exposed unless ``overlap_param_gather`` (megatron has it, this
   codebase does not wire it yet);
+- context parallel (cp > 1, TE's ring attention): each layer passes K and V blocks
+  [s/cp, b, 2 d_kv / tp] around the cp ring, cp - 1 hops forward and twice that backward (K, V
+  and their gradients); each hop overlaps the attention block it feeds, so only the excess over
+  the layer's attention compute is exposed;
 - optimizer: Adam is memory-bound, ~30 bytes moved per local (sharded) parameter at the
-  achieved HBM bandwidth.
+  achieved HBM bandwidth. With CPU offload (fraction f) that share runs on the host: gradients
+  down and parameters up the GPU's PCIe link (4 + 4 bytes per parameter) overlapped with
+  torch's CPU AdamW (~28 bytes per parameter of host-memory traffic), megatron's
+  ``overlap_cpu_optimizer_d2h_h2d``: the slower of the two counts.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ from megatron_tulu.config import ModelConfig
 from megatron_tulu.tools.planner.comm import collective_seconds, group_per_node, p2p_seconds
 from megatron_tulu.tools.planner.flops import (
     forward_flops_per_token,
+    kv_dim,
     recompute_flops_per_layer_token,
 )
-from megatron_tulu.tools.planner.hardware import HardwareProfile
+from megatron_tulu.tools.planner.hardware import GB, HardwareProfile
 from megatron_tulu.tools.planner.layout import ResolvedLayout
 from megatron_tulu.tools.planner.memory import act_bytes, rank_params
 
 OPTIMIZER_BYTES_PER_PARAM = 30  # read grad 4 + master/m/v 12, write master/m/v 12, param 2
+CPU_ADAM_BYTES_PER_PARAM = 28  # read param/grad/m/v 16, write param/m/v 12 (fp32, host)
+OFFLOAD_LINK_BYTES_PER_PARAM = 8  # fp32 gradient down, fp32 parameter up
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +59,7 @@ class TimeOptions:
 class TrainTime:
     step_s: float
     compute_s: float  # busy compute of the slowest rank over all micro-batches (no bubble)
-    tp_comm_s: float  # exposed TP collectives, all micro-batches
+    tp_comm_s: float  # exposed TP collectives (and CP ring exchanges), all micro-batches
     bubble_s: float  # pipeline fill/drain: (pp - 1) / v micro-batch times
     p2p_fill_s: float  # the fill's point-to-point sends
     dp_comm_s: float  # exposed data-parallel communication
@@ -100,6 +110,40 @@ def _rank_tp_seconds(
     return count * one
 
 
+def _rank_cp_seconds(
+    model: ModelConfig, rl: ResolvedLayout, rank: int, hw: HardwareProfile, forward_only: bool
+) -> float:
+    """Exposed ring-attention exchanges of one micro-batch on pipeline rank ``rank``."""
+    lay = rl.layout
+    if lay.cp == 1:
+        return 0.0
+    a = act_bytes(lay.precision)
+    block = rl.tokens_per_microbatch / lay.cp * 2 * kv_dim(model) / lay.tp * a  # K and V
+    same_node = lay.tp * lay.cp <= hw.gpus_per_node
+    hop = p2p_seconds(block, same_node=same_node, hw=hw)
+    passes = 1 if forward_only else 3  # backward: K, V again and their gradients
+    comm = (lay.cp - 1) * hop * passes
+    f = forward_flops_per_token(model, lay.seq_len)
+    attention = f.layer_attention * rl.tokens_per_microbatch / (lay.tp * lay.cp) * passes
+    attention /= hw.peak_flops * hw.efficiency.compute
+    return rl.layers_per_rank[rank] * max(0.0, comm - attention)
+
+
+def optimizer_seconds(model: ModelConfig, rl: ResolvedLayout, hw: HardwareProfile) -> float:
+    """One optimizer step of the slowest rank: HBM-bound Adam on the GPU share, the offloaded
+    share on the host (the slower of its PCIe transfers and the CPU AdamW)."""
+    lay = rl.layout
+    local = max(rank_params(model, rl, r) for r in range(lay.pp)) / rl.optimizer_shards
+    f = lay.optimizer_offload
+    gpu = (1 - f) * local * OPTIMIZER_BYTES_PER_PARAM / (hw.hbm_tb_s * 1e12 * hw.efficiency.hbm)
+    if f == 0:
+        return gpu
+    pcie = hw.host_link_gb_s * GB * hw.efficiency.network
+    link = f * local * OFFLOAD_LINK_BYTES_PER_PARAM / pcie
+    cpu = f * local * CPU_ADAM_BYTES_PER_PARAM / (hw.host_mem_gb_s * GB)
+    return gpu + max(link, cpu)
+
+
 def dp_wire_seconds(
     model: ModelConfig, rl: ResolvedLayout, hw: HardwareProfile
 ) -> tuple[float, float]:
@@ -110,7 +154,7 @@ def dp_wire_seconds(
         return 0.0, 0.0
     per_node = group_per_node(size, lay.tp, hw.gpus_per_node)
     params = max(rank_params(model, rl, r) for r in range(lay.pp))
-    grads = params * 4  # fp32 gradient buffer (grad_reduce_in_fp32)
+    grads = params * lay.grad_bytes  # the gradient buffer (fp32, or bf16)
     if lay.distributed_optimizer:
         rs = collective_seconds(grads, size=size, per_node=per_node, kind="reduce_scatter", hw=hw)
         ag = collective_seconds(
@@ -136,7 +180,10 @@ def training_time(
     fo = opts.forward_only
     peak = hw.peak_flops * hw.efficiency.compute
     per_rank = [
-        (_rank_flops(model, rl, r, fo) / peak, _rank_tp_seconds(model, rl, r, hw, fo))
+        (
+            _rank_flops(model, rl, r, fo) / peak,
+            _rank_tp_seconds(model, rl, r, hw, fo) + _rank_cp_seconds(model, rl, r, hw, fo),
+        )
         for r in range(lay.pp)
     ]
     compute_mb, tp_mb = max(per_rank, key=lambda ct: ct[0] + ct[1])
@@ -154,10 +201,7 @@ def training_time(
     forward_window = t_mb / 3.0
     exposed = max(0.0, rs - backward_window) if opts.overlap_grad_reduce else rs
     exposed += max(0.0, ag - forward_window) if opts.overlap_param_gather else ag
-    optimizer = 0.0
-    if not fo:
-        local = max(rank_params(model, rl, r) for r in range(lay.pp)) / rl.optimizer_shards
-        optimizer = local * OPTIMIZER_BYTES_PER_PARAM / (hw.hbm_tb_s * 1e12 * hw.efficiency.hbm)
+    optimizer = 0.0 if fo else optimizer_seconds(model, rl, hw)
     step = m * t_mb + bubble + p2p_fill + exposed + optimizer
     tokens = lay.global_batch * lay.seq_len
     f = forward_flops_per_token(model, lay.seq_len, vocab_size=1 if lay.head == "value" else None)
