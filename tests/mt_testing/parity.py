@@ -37,6 +37,7 @@ def layout_worker(
     sequence_parallel: bool = False,
     overlap_grad_reduce: bool = False,
     attention: str = "local",
+    precision: str = "fp32",
 ) -> LayoutRun:
     """Runs on every rank: load HF weights, forward logits of the whole batch, one train step.
 
@@ -74,7 +75,7 @@ def layout_worker(
             dims=dims,
             optimizer=opt,
             train_steps=1,
-            options=BuildOptions(recompute=recompute, attention=attention),
+            options=BuildOptions(recompute=recompute, attention=attention, precision=precision),
             overlap_grad_reduce=overlap_grad_reduce,
             load_weights=lambda chunks: load_hf_weights(
                 chunks, hf_dir, model=model, tp=tp, tp_rank=ps.get_tensor_model_parallel_rank()
@@ -91,8 +92,11 @@ def layout_worker(
             logits = None  # reported by the last stage only
         result = train_step(engine, batches)
         weights = gather_hf_state_dict(engine.raw_chunks(), model=model)
-        return LayoutRun(
-            logits=logits, loss=result.loss, grad_norm=result.grad_norm, weights=weights
+        return LayoutRun(  # on the CPU, to compare with transformers there (a GPU run too)
+            logits=None if logits is None else logits.cpu(),
+            loss=result.loss,
+            grad_norm=result.grad_norm,
+            weights={k: v.cpu() for k, v in weights.items()},
         )
     finally:
         destroy_parallel()

@@ -1,0 +1,41 @@
+"""The GPU check's driver (tools/gpu_check.py) on the CPU: its check list, its refusals, and one
+check run end to end through the driver with its report. The GPU checks themselves need a GPU;
+a full ``--smoke`` run on the CPU is recorded under benchmarks/results/ instead of run here (it
+trains, resumes and exports, a few minutes on two cores)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "tools/gpu_check.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+
+def test_lists_checks_and_refuses_bad_input() -> None:
+    listed = _tool("--list").stdout.split()
+    assert listed[0] == "environment" and {"parity_bf16", "sft_resume", "hf_export"} <= set(listed)
+    bad = _tool("--smoke", "--only", "environment,nonsense")
+    assert bad.returncode == 2 and "nonsense" in bad.stderr
+    if not torch.cuda.is_available():
+        no_gpu = _tool()
+        assert no_gpu.returncode == 2 and "--smoke" in no_gpu.stderr
+
+
+def test_one_check_through_the_driver(tmp_path: Path) -> None:
+    res = _tool("--smoke", "--only", "environment,kernels", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("PASS environment") and f"torch={torch.__version__}" in lines[0]
+    assert lines[1].startswith("SKIP kernels")
+    assert "gpu_check: 1 checks passed, 0 failed, 1 skipped" in res.stdout
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["status"] for r in report["checks"]] == ["PASS", "SKIP"]
