@@ -157,6 +157,8 @@ class RLVRPlan:
             "weight_sync_s": self.weight_sync_s,
             "training_s": self.training_s,
             "async": self.settings.is_async,
+            "offload_reference": self.settings.offload_reference,
+            "optimizer_steps_per_epoch": self.settings.optimizer_steps_per_epoch,
             "mfu": self.mfu,
             "tflops_per_gpu": self.model_flops / (self.gpus * self.step_s) / 1e12,
             "fits": self.fits,

@@ -88,7 +88,12 @@ def layout_dict(rl: ResolvedLayout) -> dict[str, Any]:
         "precision": lay.precision,
         "kernels": lay.kernels,
         "uneven_pipeline": lay.uneven_pipeline,
+        "first_stage_layers": lay.first_stage_layers,
+        "last_stage_layers": lay.last_stage_layers,
         "layers_per_rank": list(rl.layers_per_rank),
+        "grad_reduce_dtype": lay.grad_reduce_dtype,
+        "optimizer_offload": lay.optimizer_offload,
+        "fusions": lay.fusions,
     }
 
 
