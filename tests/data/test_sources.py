@@ -77,6 +77,14 @@ def test_json_arrow_directories_and_saved_datasets(tmp_path: Path) -> None:
     assert train[2].file.endswith("train-00001-of-00002.parquet") and train[2].row == 1
     test = source_files(SourceSpec(path=str(tmp_path / "hub_like"), split="test"))
     assert [p.name for p in test or []] == ["test-00000-of-00001.parquet"]
+    # a saved DatasetDict: the split's rows, or an error naming the splits there are
+    splits = {"train": rows[:2], "test": rows[2:3]}
+    both = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+    both.save_to_disk(str(tmp_path / "dict"))
+    got_test = read_source(SourceSpec(path=str(tmp_path / "dict"), split="test"), "sft")
+    assert [r.value["messages"] for r in got_test] == [rows[2]["messages"]]
+    with pytest.raises(ValueError, match=r"has no split 'valid' \(splits: \['test', 'train'\]\)"):
+        read_source(SourceSpec(path=str(tmp_path / "dict"), split="valid"), "sft")
 
 
 def test_columns_mapping_and_its_errors(tmp_path: Path) -> None:
@@ -149,19 +157,29 @@ def test_tulu_preference_rows_keep_their_conversations(tmp_path: Path, task_dir:
 
 
 def test_rl_rows_from_a_table(tmp_path: Path, task_dir: Path) -> None:
+    from megatron_tulu.rewards import verify
     from megatron_tulu.stages.rlvr.prompts import prompts_from_table
 
     settings = TokeniseSettings(kind="rl", tokenizer_path=str(task_dir / "tokenizer"))
     specs = [
         SourceSpec(path=str(FIXTURES / "rlvr.parquet")),
         SourceSpec(path=str(FIXTURES / "rlvr.jsonl")),
+        SourceSpec(path=str(FIXTURES / "rlvr_ifeval.jsonl")),
     ]
     table, _, _ = build_table(specs, settings, seed=0, shuffle=False)
     prompts, report = prompts_from_table(table, label="rl", max_prompt_tokens=512)
-    assert len(prompts) == 12 and report.num_rows_kept == 12
+    assert len(prompts) == 13 and report.num_rows_kept == 13
     expected = [r["ground_truth"] for r in _rows(FIXTURES / "rlvr.jsonl")]
-    assert [p.ground_truth for p in prompts[4:]] == expected
-    assert {(p.dataset, p.verifier) for p in prompts} == {("gsm8k", "gsm8k"), ("MATH", "math")}
+    assert [p.ground_truth for p in prompts[4:12]] == expected
+    assert {(p.dataset, p.verifier) for p in prompts} == {
+        ("gsm8k", "gsm8k"), ("MATH", "math"), ("ifeval", "ifeval"),
+    }  # fmt: skip
+    # IFEval's ground truth (open-instruct's function layout, JSON text) reaches the verifier as
+    # written, and the verifier takes it
+    ifeval = prompts[12]
+    assert ifeval.ground_truth == _rows(FIXTURES / "rlvr_ifeval.jsonl")[0]["ground_truth"]
+    assert verify("ifeval", "lena has 8 pencils now.", ifeval.ground_truth).correct
+    assert not verify("ifeval", "Lena has 8 pencils now.", ifeval.ground_truth).correct
     assert (prompts[0].path, prompts[0].line) == (str(FIXTURES / "rlvr.parquet"), 1)
     no_truth = [{"messages": conversation(("user", "How many?")), "dataset": "gsm8k"}]
     path = _to_parquet([*_rows(FIXTURES / "rlvr.jsonl")[:2], *no_truth], tmp_path / "rl.parquet")
