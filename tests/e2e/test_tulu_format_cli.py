@@ -79,15 +79,21 @@ def test_dpo_on_a_tulu_preference_mixture(sft, tmp_path: Path) -> None:
     out, tok, _ = sft
     sources = _sources(f"{FIXTURES / 'preference.jsonl'}",
                        f"{{path: {FIXTURES / 'preference.parquet'}, weight: 0.5}}")  # fmt: skip
-    res = _train("recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "dpo", sources, tok,
-                 f"training.init_from_native={out / 'checkpoints'}", "training.train_steps=1",
-                 f"data.cache_dir={tmp_path / 'shared_cache'}")  # fmt: skip
+    args = (sources, tok, f"training.init_from_native={out / 'checkpoints'}",
+            "training.train_steps=1", f"data.cache_dir={tmp_path / 'shared_cache'}")  # fmt: skip
+    res = _train("recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "dpo", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "10 rows read, 10 kept" in res.stdout  # 8 + the parquet's first half (2 of 4)
+    assert "tokenised preference data in" in res.stdout and "built with" in res.stdout
     record = json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
     assert record["pairs"] == 2
-    assert list((tmp_path / "shared_cache").glob("preference-*/meta.json"))
+    assert len(list((tmp_path / "shared_cache").glob("preference-*/meta.json"))) == 1
+    # another run on the same data and cache directory reuses the tokenised data
+    again = _train("recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "dpo2", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reused" in again.stdout and "built with" not in again.stdout
+    assert _mixture(tmp_path / "dpo2") == _mixture(tmp_path / "dpo")
 
 
 def test_rlvr_on_tulu_gsm8k_math_and_ifeval_prompts(sft, tmp_path: Path) -> None:
