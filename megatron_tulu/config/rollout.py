@@ -76,6 +76,9 @@ class RolloutConfig:
     # one blocking step.
     sync_host: str = "127.0.0.1"
     bucket_bytes: int = 32 * 2**20
+    # Resharded push: each engine TP rank receives only its slice of each tensor, point to
+    # point (bytes sent = the model once per engine), instead of a broadcast of whole tensors.
+    resharded_push: bool = False
     sync_timeout_s: float = 600.0
     # How long an engine may take to answer anything before it counts as hung (generate of a
     # big batch can be long: this is a last resort; death is detected within ~1 s regardless).
@@ -103,6 +106,7 @@ class RolloutConfig:
         self.connect_timeout_s = check_float("connect_timeout_s", self.connect_timeout_s, gt=0.0)
         check_str("sync_host", self.sync_host)
         check_int("bucket_bytes", self.bucket_bytes, minimum=0)
+        check_bool("resharded_push", self.resharded_push)
         self.sync_timeout_s = check_float("sync_timeout_s", self.sync_timeout_s, gt=0.0)
         self.call_timeout_s = check_float("call_timeout_s", self.call_timeout_s, gt=0.0)
         if self.placement == "local" and self.num_engines > 1 and not self.multiprocess:

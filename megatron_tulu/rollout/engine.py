@@ -103,7 +103,8 @@ class RolloutEngine:
         if self.engines:
             return self
         cfg = self.config
-        self._expected = hf_tensor_shapes(self.model or read_hf_config(cfg.model_dir))
+        self.model = self.model or read_hf_config(cfg.model_dir)
+        self._expected = hf_tensor_shapes(self.model)
         try:
             if cfg.placement == "external":
                 from megatron_tulu.rollout.client import connect_engines
@@ -381,6 +382,7 @@ class RolloutEngine:
             device=self.device,
             bucket_bytes=self.config.bucket_bytes if bucket_bytes is None else bucket_bytes,
             wait=polling_wait(health, timeout_s=self.config.sync_timeout_s),
+            **self._reshard_plan(),
         )
         failure: BaseException | None = None
         group_ok = True  # False while a group operation is in flight, and after it failed
@@ -442,6 +444,19 @@ class RolloutEngine:
             engine_seconds=slowest["seconds"],
             engine_wait_seconds=slowest["wait_seconds"],
         )
+
+    def _reshard_plan(self) -> dict[str, Any]:
+        """BucketSender arguments of a resharded push (none: broadcast whole tensors)."""
+        cfg = self.config
+        if not cfg.resharded_push or cfg.vllm_tp == 1:
+            return {}
+        from megatron_tulu.rollout.reshard import ShardRule
+
+        m = self.model
+        assert m is not None
+        rule = ShardRule(tp=cfg.vllm_tp, num_heads=m.num_attention_heads,
+                         num_kv_heads=m.num_query_groups, head_dim=m.head_dim)  # fmt: skip
+        return {"shard_rule": rule, "num_engines": len(self.engines)}
 
     def _reset_prefix_caches(self) -> None:
         """Drops KV blocks computed with the old weights (skipped for dead engines)."""

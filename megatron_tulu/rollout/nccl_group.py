@@ -106,6 +106,15 @@ class PyNcclGroup:
         self.comm.broadcast(tensor, src=root, stream=stream)
         return EventWork(self.make_event())
 
+    def scatter(self, out: torch.Tensor, inputs: list[torch.Tensor], root: int) -> EventWork:
+        """The resharded push: ``inputs`` (on ``root``: one equal-size chunk per rank) ->
+        each rank's ``out`` (PyNccl's scatter: grouped sends/receives)."""
+        stream = torch.cuda.current_stream() if out.is_cuda else None
+        sizes = [out.numel()] * self.world_size
+        source = torch.cat(inputs) if self.rank == root else out
+        self.comm.scatter(out, source, sizes, root, stream=stream)
+        return EventWork(self.make_event())
+
     def abort(self) -> None:
         destroy = getattr(self.comm, "destroy", None)
         if destroy is not None:

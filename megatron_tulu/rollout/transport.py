@@ -20,6 +20,13 @@ A push is a sequence of *buckets*, each sent as up to three broadcasts from rank
    bucket, ``{"reason": ...}`` for an abort;
 3. ``payload_nbytes`` bytes: the tensors' bytes at 64-byte aligned offsets.
 
+A *sharded* bucket (the resharded push, :mod:`megatron_tulu.rollout.reshard`) broadcasts
+only the header and ``[[name, dtype, shape, dim, [[start, length] per TP rank]], ...]``
+(``dim`` -1: the whole tensor); then one scatter from rank 0 gives each worker the slices of
+its TP rank packed at 64-byte aligned offsets (every rank's chunk padded to the largest, as
+gloo's scatter needs), and the worker rebuilds full-shape tensors. (A scatter, not gloo
+send/recv: point-to-point messages after broadcasts on the same gloo group hung here.)
+
 Names, shapes and dtypes thus travel in-band, so the sender can stream tensors as they are
 produced (layer by layer from a pipeline) without knowing the whole list up front. Small
 tensors are packed into one bucket up to ``bucket_bytes``; a tensor as large as that is sent
@@ -41,7 +48,7 @@ from typing import Any
 
 import torch
 
-KIND_END, KIND_BUCKET, KIND_ABORT = 0, 1, 2
+KIND_END, KIND_BUCKET, KIND_ABORT, KIND_SHARDED = 0, 1, 2, 3
 _ALIGN = 64
 _DTYPES = {
     "float32": torch.float32,
@@ -164,6 +171,51 @@ def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def _pack(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    sizes = [p.numel() * p.element_size() for p in parts]
+    payload = torch.empty(sum(_aligned(n) for n in sizes), dtype=torch.uint8, device=device)
+    offset = 0
+    for part, nbytes in zip(parts, sizes, strict=True):
+        payload[offset : offset + nbytes].copy_(_as_bytes(part))
+        offset += _aligned(nbytes)
+    return payload
+
+
+def sharded_chunk_bytes(meta: list[list[Any]]) -> int:
+    """The scatter chunk of a sharded bucket: the largest TP rank's packed slices."""
+    tp = max((len(m[4]) for m in meta if m[3] >= 0), default=1)
+    sizes = []
+    for tp_rank in range(tp):
+        layout = sharded_layout(meta, tp_rank)
+        sizes.append(layout[-1][0] + _aligned(layout[-1][1]) if layout else 0)
+    return max(sizes)
+
+
+def scatter(group: Any, out: torch.Tensor, inputs: list[torch.Tensor] | None) -> Any:
+    """Rank 0 scatters ``inputs`` (one equal-size chunk per group rank); others pass None."""
+    return group.scatter(out, inputs or [], 0)
+
+
+def sharded_layout(meta: list[list[Any]], tp_rank: int) -> list[tuple[int, int, list[int]]]:
+    """(offset, nbytes, shape) of each tensor's slice in TP rank ``tp_rank``'s payload."""
+    from megatron_tulu.rollout.reshard import slice_shape
+
+    out, offset = [], 0
+    for _, dtype, shape, dim, spans in meta:
+        part = list(shape) if dim < 0 else slice_shape(shape, dim, spans[tp_rank][1])
+        numel = 1
+        for size in part:
+            numel *= size
+        nbytes = numel * _DTYPES[dtype].itemsize
+        out.append((offset, nbytes, part))
+        offset += _aligned(nbytes)
+    return out
+
+
 class BucketSender:
     """Rank 0's side: ``add`` tensors, then ``end`` (or ``abort``)."""
 
@@ -174,11 +226,18 @@ class BucketSender:
         device: torch.device,
         bucket_bytes: int,
         wait: WaitFn = _blocking_wait,
+        shard_rule: Any = None,
+        num_engines: int = 1,
     ) -> None:
+        """``shard_rule`` (a :class:`~megatron_tulu.rollout.reshard.ShardRule`): resharded
+        push into ``num_engines`` engines (group rank ``1 + e * tp + r`` is TP rank r of engine
+        e). ``bytes`` counts the tensor bytes rank 0 sends (each slice once per destination)."""
         self.group = group
         self.device = device
         self.bucket_bytes = bucket_bytes
         self.wait = wait
+        self.shard_rule = shard_rule
+        self.num_engines = num_engines
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.pending_bytes = 0
         self.tensors = 0
@@ -208,8 +267,39 @@ class BucketSender:
         if self.pending_bytes >= self.bucket_bytes:
             self.flush()
 
+    def _flush_sharded(self) -> None:
+        meta: list[list[Any]] = []
+        for name, tensor in self.pending:
+            cut = self.shard_rule.slices(name, tuple(tensor.shape))
+            dim, spans = (-1, []) if cut is None else cut
+            meta.append([name, dtype_name(tensor.dtype), list(tensor.shape), dim, spans])
+        self._send(KIND_SHARDED, meta, None)
+        size = sharded_chunk_bytes(meta)
+        if size == 0:
+            return
+        chunks = []
+        for tp_rank in range(self.shard_rule.tp):
+            parts = [
+                tensor if dim < 0 else tensor.narrow(dim, *spans[tp_rank])
+                for (_, tensor), (_, _, _, dim, spans) in zip(self.pending, meta, strict=True)
+            ]
+            chunk = torch.zeros(size, dtype=torch.uint8, device=self.device)
+            packed = _pack(parts, self.device)
+            chunk[: packed.numel()].copy_(packed)
+            chunks.append(chunk)
+            self.bytes += self.num_engines * sum(p.numel() * p.element_size() for p in parts)
+        own = torch.empty(size, dtype=torch.uint8, device=self.device)  # rank 0's own chunk
+        inputs = [own] + [chunks[r] for _ in range(self.num_engines) for r in range(len(chunks))]
+        self.wait(scatter(self.group, own, inputs))
+
     def flush(self) -> None:
         if not self.pending:
+            return
+        if self.shard_rule is not None:
+            self._flush_sharded()
+            self.tensors += len(self.pending)
+            self.buckets += 1
+            self.pending, self.pending_bytes = [], 0
             return
         meta: list[list[Any]] = []
         offset = 0
@@ -252,10 +342,14 @@ class BucketReceiver:
         device: torch.device,
         check: Callable[[str, tuple[int, ...]], None] | None = None,
         wait: WaitFn = _blocking_wait,
+        tp_rank: int = 0,
     ) -> None:
+        """``tp_rank``: this worker's TP rank in its engine (which slices of a sharded bucket
+        it receives)."""
         self.group = group
         self.device = device
         self.check = check
+        self.tp_rank = tp_rank
         self.wait = wait
         self.finished = False
         self.tensors = 0
@@ -277,7 +371,14 @@ class BucketReceiver:
             self._broadcast(raw)
             meta = json.loads(bytes(raw.cpu().tolist()).decode())
         payload = None
-        if payload_nbytes:
+        if kind == KIND_SHARDED:  # this rank's slices come in one scatter
+            size = sharded_chunk_bytes(meta)
+            payload = torch.empty(size, dtype=torch.uint8, device=self.device)
+            if size:
+                start = time.perf_counter()
+                self.wait(scatter(self.group, payload, None))
+                self.wait_seconds += time.perf_counter() - start
+        elif payload_nbytes:
             payload = torch.empty(payload_nbytes, dtype=torch.uint8, device=self.device)
             self._broadcast(payload)
         if kind in (KIND_END, KIND_ABORT):
@@ -292,6 +393,9 @@ class BucketReceiver:
             if kind == KIND_END:
                 return
             assert payload is not None and meta is not None
+            if kind == KIND_SHARDED:
+                yield from self._unpack_sharded(meta, payload)
+                continue
             for name, dtype, shape, offset, nbytes in meta:
                 if self.check is not None:
                     self.check(name, tuple(shape))
@@ -299,6 +403,24 @@ class BucketReceiver:
                 self.tensors += 1
                 self.bytes += nbytes
                 yield name, flat.view(shape)
+
+    def _unpack_sharded(
+        self, meta: list[list[Any]], payload: torch.Tensor
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        layout = sharded_layout(meta, self.tp_rank)
+        for (name, dtype, shape, dim, spans), (offset, nbytes, part_shape) in zip(
+            meta, layout, strict=True
+        ):
+            if self.check is not None:
+                self.check(name, tuple(shape))
+            part = payload[offset : offset + nbytes].view(_DTYPES[dtype]).view(part_shape)
+            if dim >= 0:  # full shape, only this rank's slice filled: the loader reads only it
+                full = torch.empty(shape, dtype=_DTYPES[dtype], device=self.device)
+                full.narrow(dim, *spans[self.tp_rank]).copy_(part)
+                part = full
+            self.tensors += 1
+            self.bytes += nbytes
+            yield name, part
 
     def drain(self) -> None:
         """Receives and drops everything up to the sender's END/ABORT."""

@@ -88,7 +88,9 @@ class WeightReceiver:
         from megatron_tulu.rollout.checks import PushChecker
 
         checker = PushChecker(self._mt_expected, where=f"vLLM worker rank {self.rank}")
-        stream = BucketReceiver(group, device=self.device, check=checker.check)
+        stream = BucketReceiver(
+            group, device=self.device, check=checker.check, tp_rank=int(self.rank)
+        )
         start = time.perf_counter()
         try:
             self.reload_weights(weights_iterator=iter(stream))

@@ -63,10 +63,12 @@ def host_command(recipe: Path, rendezvous: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def trainer_command(recipe: Path, hf_dir: Path, out_json: Path) -> list[str]:
+def trainer_command(
+    recipe: Path, hf_dir: Path, out_json: Path, first_hf_dir: Path | None = None
+) -> list[str]:
     return [
         sys.executable, str(TRAINER), str(recipe), str(hf_dir), str(out_json),
-        json.dumps(PROMPTS), str(NEW_TOKENS),
+        json.dumps(PROMPTS), str(NEW_TOKENS), *([str(first_hf_dir)] if first_hf_dir else []),
     ]  # fmt: skip
 
 

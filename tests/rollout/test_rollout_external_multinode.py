@@ -47,6 +47,7 @@ def two_nodes(tmp_path_factory):
     recipe = write_recipe(tmp / "recipe.yaml", rendezvous=rendezvous, vllm_tp=2, multiprocess=False)
     model = load_recipe(str(recipe)).model
     hf_dir = make_random_hf_dir(tmp / "policy", model, seed=1)
+    first_dir = make_random_hf_dir(tmp / "first", model, seed=2)
     out_json = tmp / "trainer.json"
     hosts: list[subprocess.Popen] = []
     with Nodes(3) as nodes:
@@ -60,7 +61,8 @@ def two_nodes(tmp_path_factory):
                 ))  # fmt: skip
         try:
             trainer = subprocess.run(
-                nodes.command(2, trainer_command(recipe, hf_dir, out_json)), env=child_env(),
+                nodes.command(2, trainer_command(recipe, hf_dir, out_json, first_dir)),
+                env=child_env(),
                 capture_output=True, text=True, timeout=420,
             )  # fmt: skip
             codes = [wait_exit(h, 60) for h in hosts]
@@ -77,6 +79,7 @@ def two_nodes(tmp_path_factory):
     return {
         "out": json.loads(out_json.read_text()),
         "hf_dir": hf_dir,
+        "first_dir": first_dir,
         "codes": codes,
         "model": model,
         "logs": logs,
@@ -87,11 +90,24 @@ def two_nodes(tmp_path_factory):
 
 def test_engine_across_two_nodes_generates_the_pushed_policy(two_nodes):
     out, model = two_nodes["out"], two_nodes["model"]
+    # TP2 across the two nodes: wrong or missing weights on either worker change the tokens.
+    # First push: whole tensors broadcast (an HF dir); second: the megatron policy resharded.
+    assert hf_greedy_mismatch(two_nodes["first_dir"], out["first"]) is None
     assert out["push"]["tensors"] == 3 + 9 * model.num_layers
-    # TP2 across the two nodes: wrong or missing weights on either worker change the tokens
     assert hf_greedy_mismatch(two_nodes["hf_dir"], out["pushed"]) is None
-    assert [t for t, _ in out["dummy"]] != [t for t, _ in out["pushed"]]
-    print(f"connect {out['connect_s']:.1f} s, push {out['push']}")
+    tokens = [[t for t, _ in out[k]] for k in ("dummy", "first", "pushed")]
+    assert tokens[0] != tokens[1] != tokens[2]
+    print(f"connect {out['connect_s']:.1f} s, broadcast {out['first_push']}, "
+          f"resharded {out['push']}")  # fmt: skip
+
+
+def test_resharded_push_sends_each_worker_only_its_slices(two_nodes):
+    out = two_nodes["out"]
+    # broadcast: every tensor once (to both workers); resharded: each worker's slices, i.e.
+    # the sharded tensors once in total plus the replicated norms twice (vocab padding adds
+    # nothing here: 1000 rows split 512 + 488)
+    norms = (2 * two_nodes["model"].num_layers + 1) * two_nodes["model"].hidden_size * 4
+    assert out["push"]["bytes"] == out["first_push"]["bytes"] + norms
 
 
 def test_sync_address_is_the_trainers_routable_one_and_hosts_exit(two_nodes):

@@ -124,6 +124,23 @@ def test_bucket_protocol_over_event_works():
     assert all(src == 0 and stream is None for *_, src, stream in sender_comm.calls)  # CPU
 
 
+class _ScatterComm:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def scatter(self, out, source, sizes, root, stream=None) -> None:
+        self.calls.append((out.numel(), source.tolist(), sizes, root, stream))
+
+
+def test_scatter_hands_pynccl_one_buffer_and_equal_sizes():
+    root_comm, worker_comm = _ScatterComm(), _ScatterComm()
+    inputs = [torch.zeros(2, dtype=torch.uint8), torch.ones(2, dtype=torch.uint8)]
+    PyNcclGroup(_Store(0), root_comm, make_event=_Event).scatter(inputs[0], inputs, 0).wait()
+    PyNcclGroup(_Store(1), worker_comm, make_event=_Event).scatter(torch.empty(2), [], 0)
+    assert root_comm.calls == [(2, [0, 0, 1, 1], [2, 2], 0, None)]
+    assert worker_comm.calls[0][2:4] == ([2, 2], 0)
+
+
 def test_event_work_delegates():
     event = _Event(polls=2)
     work = EventWork(event)
