@@ -220,12 +220,12 @@ def test_rlvr_405b_dry_run_prints_the_layout(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "world 240 = tp 8 x cp 1 x dp 5 x pp 6" in out
+    assert "world 240 = tp 8 x cp 1 x dp 3 x pp 10" in out
     assert "rollout: 16 GPUs on node(s) 30-31: 1 vLLM engine(s) x TP16" in out
     assert "engine 0: node 30 (gpu-030) gpu 0-7, node 31 (gpu-031) gpu 0-7" in out
     assert "node 0 (gpu-000) gpu 0-7: rank 0-7  tp 0-7  cp 0  dp 0  pp 0" in out
-    assert "node 5 (gpu-005) gpu 0-7: rank 40-47  tp 0-7  cp 0  dp 0  pp 1" in out
-    assert "node 29 (gpu-029) gpu 0-7: rank 232-239  tp 0-7  cp 0  dp 4  pp 5" in out
+    assert "node 5 (gpu-005) gpu 0-7: rank 40-47  tp 0-7  cp 0  dp 2  pp 1" in out
+    assert "node 29 (gpu-029) gpu 0-7: rank 232-239  tp 0-7  cp 0  dp 2  pp 9" in out
     assert "node 30 (gpu-030) gpu" not in out.split("trainer ranks:")[1]  # no trainer there
     assert not (tmp_path / "logs").exists()  # a dry run writes nothing
 
