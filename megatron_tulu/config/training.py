@@ -21,6 +21,7 @@ from megatron_tulu.config._validate import (
 PRECISIONS = ("fp32", "bf16")
 STAGES = ("pretrain", "sft", "dpo", "rlvr")
 RECOMPUTE_MODES = ("none", "selective", "full")
+ATTENTION_BACKENDS = ("auto", "local", "sdpa")
 
 
 @dataclass(kw_only=True)
@@ -33,6 +34,10 @@ class TrainingConfig:
     seed: int = 1234
     precision: str = "fp32"
     recompute: str = "none"  # activation recomputation
+    # Core attention without Transformer Engine: "auto" (SDPA on CUDA, megatron's own on CPU),
+    # "local" (megatron's DotProductAttention) or "sdpa" (models/sdpa_attention.py). With TE
+    # installed on CUDA, TE's attention is used whatever this says.
+    attention: str = "auto"
     log_interval: int = 1
     output_dir: str = "runs/default"
     data_path: str | None = None
@@ -53,6 +58,7 @@ class TrainingConfig:
         check_int("seed", self.seed, minimum=0)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("recompute", self.recompute, RECOMPUTE_MODES)
+        check_choice("attention", self.attention, ATTENTION_BACKENDS)
         check_int("log_interval", self.log_interval, minimum=1)
         check_str("output_dir", self.output_dir)
         check_optional_str("data_path", self.data_path)

@@ -26,6 +26,7 @@ from megatron.core.transformer.transformer_block import (
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_tulu.config import ModelConfig, ParallelDims
+from megatron_tulu.config.training import ATTENTION_BACKENDS
 from megatron_tulu.models.norm import LlamaRMSNorm
 from megatron_tulu.models.rope import llama3_inv_freq
 from megatron_tulu.models.sdpa_attention import SDPAttention
@@ -34,7 +35,7 @@ from megatron_tulu.platform import ensure_platform, has_cuda
 RECOMPUTE_CHOICES = ("none", "selective", "full")
 # Core attention of the local spec: "auto" is SDPA on CUDA (the fast path without TE) and
 # megatron's own DotProductAttention on CPU; either can be asked for anywhere.
-ATTENTION_CHOICES = ("auto", "local", "sdpa")
+ATTENTION_CHOICES = ATTENTION_BACKENDS
 
 
 def transformer_engine_usable() -> bool:

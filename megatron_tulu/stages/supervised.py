@@ -124,7 +124,9 @@ class SupervisedStage:
         self.engine = build_engine(
             model=self.recipe.model, dims=dims, optimizer=self.recipe.optimizer,
             train_steps=t.train_steps,
-            options=BuildOptions(precision=t.precision, recompute=t.recompute),
+            options=BuildOptions(
+                precision=t.precision, recompute=t.recompute, attention=t.attention
+            ),
             load_weights=hf_loader(self.recipe, dims),
         )  # fmt: skip
         self.task = self.make_task(self.recipe, dims)

@@ -246,6 +246,7 @@ def test_optimizer_errors(kwargs: dict, pattern: str) -> None:
     ({"train_steps": 0}, r"train_steps \(0\) must be >= 1"),
     ({"precision": "fp16"}, r"precision \('fp16'\) .*\{fp32, bf16\}"),
     ({"recompute": "some"}, r"recompute \('some'\) .*\{none, selective, full\}"),
+    ({"attention": "flash"}, r"attention \('flash'\) .*\{auto, local, sdpa\}"),
     ({"log_interval": 0}, r"log_interval \(0\) must be >= 1"),
     ({"data_path": ""}, r"data_path \(''\) must be a non-empty string or null"),
     ({"seq_length": "128"}, r"seq_length \('128'\) must be an integer"),

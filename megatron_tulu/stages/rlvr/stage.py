@@ -144,7 +144,7 @@ class RLVRStage:
 
     def setup(self, resume_step: int | None) -> int:
         recipe, t, dims = self.recipe, self.t, self.ctx.dims
-        options = BuildOptions(precision=t.precision, recompute=t.recompute)
+        options = BuildOptions(precision=t.precision, recompute=t.recompute, attention=t.attention)
         self.policy = build_policy(recipe, dims, options)
         self.value = build_value(recipe, dims, options) if self.ppo else None
         self.reference = build_reference(recipe, dims, options) if self.rl.kl_beta > 0 else None
