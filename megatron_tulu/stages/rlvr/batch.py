@@ -104,11 +104,12 @@ def rank_rows(model: Runnable, rows: Sequence[int]) -> list[int]:
 def forward_per_token(
     model: Runnable, batch: RolloutBatch, step: ForwardStep, key: str
 ) -> torch.Tensor:
-    """[N, L-1] per-token values of report ``key`` for all rows, on every rank: each DP rank
-    runs its share forward-only, then the results leave the last stage and are gathered over
-    the model's DP group."""
+    """[N, L-1] per-token values of report ``key`` for all rows, on every rank and on the CPU
+    beside the rollout batch (rewards, advantages and the mini-batches are made there; the step
+    moves each micro-batch to the model's device): each DP rank runs its share forward-only,
+    then the results leave the last stage and are gathered over the model's DP group."""
     fdims = layout_for_rows(model.dims, batch.num_rows)
     mine = rank_rows(model, range(batch.num_rows))
     micro = micro_batches(batch, mine, fdims.micro_batch_size)
     reports = forward_backward(model, micro, forward_step=step, forward_only=True, dims=fdims)
-    return collect(reports, key, model.pg, dp="gather")
+    return collect(reports, key, model.pg, dp="gather").cpu()
