@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: an RL row's list-valued ``dataset`` is stored as JSON text
 PROBE = [
     {"role": "system", "content": "You are helpful."},
     {"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples now?"},

@@ -128,6 +128,13 @@ def _empty(kind: str) -> dict[str, Any]:
     return {"prompt_ids": [], "ground_truth": None, "dataset": "", "verifier": ""}
 
 
+def _text_or_json(value: object) -> str:
+    """A string column's text: lists (open-instruct's per-row verifier lists) as JSON text."""
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return str(value or "")
+
+
 def tokenise_row(raw: str, settings: TokeniseSettings) -> dict[str, Any]:
     """One row (JSON text) -> its table columns (``problem`` set when it is unusable)."""
     (template, config), kind = _prepared(settings), settings.kind
@@ -150,7 +157,8 @@ def tokenise_row(raw: str, settings: TokeniseSettings) -> dict[str, Any]:
             out.update(
                 prompt_ids=template.render_prompt(messages),
                 ground_truth=None if truth is None else json.dumps(truth),
-                dataset=str(row.get("dataset") or ""), verifier=str(row.get("verifier") or ""),
+                dataset=_text_or_json(row.get("dataset")),
+                verifier=str(row.get("verifier") or ""),
             )  # fmt: skip
     except RowProblem as problem:
         out.update(problem=problem.reason, detail=problem.detail, **_empty(kind))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_tulu.stages.rlvr.prompts import DATASET_VERIFIERS
+from megatron_tulu.stages.rlvr.prompts import DATASET_VERIFIERS, one_source
 
 MATH_INSTRUCTION = "Put your final answer in \\boxed{}."
 
@@ -53,6 +53,7 @@ def parse_row(row: Any, where: str) -> EvalItem:
                         ground_truth={"instruction_id_list": row["instruction_id_list"],
                                       "kwargs": row.get("kwargs", [])})  # fmt: skip
     if "messages" in row and "ground_truth" in row:
+        row = one_source(row, where)
         dataset = str(row.get("dataset", "gsm8k"))
         verifier = row.get("verifier") or DATASET_VERIFIERS.get(dataset.lower())
         if verifier is None:

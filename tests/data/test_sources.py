@@ -186,3 +186,10 @@ def test_rl_rows_from_a_table(tmp_path: Path, task_dir: Path) -> None:
     table, _, _ = build_table([SourceSpec(path=str(path))], settings, seed=0, shuffle=False)
     with pytest.raises(ValueError, match=r"rl\.parquet row 3: RL prompt row has no 'ground_truth'"):
         prompts_from_table(table, label="rl", max_prompt_tokens=512)
+    # open-instruct's list-valued ``dataset`` survives the table (stored as JSON text)
+    listed = [{"messages": conversation(("user", "How many?")), "ground_truth": ["7"],
+               "dataset": ["gsm8k"]}]  # fmt: skip
+    path = _to_parquet(listed, tmp_path / "listed.parquet")
+    table, _, _ = build_table([SourceSpec(path=str(path))], settings, seed=0, shuffle=False)
+    (prompt,), _ = prompts_from_table(table, label="rl", max_prompt_tokens=512)
+    assert (prompt.dataset, prompt.verifier, prompt.ground_truth) == ("gsm8k", "gsm8k", "7")

@@ -74,3 +74,32 @@ def test_step_prompts_depend_on_the_step_only():
 
     same = ShardedSampler(num_samples=10, global_batch_size=4, seed=1)
     assert a[1] == [items[i] for i in same.global_batch(4)]
+
+
+def test_verifier_lists_and_ifeval_old(tmp_path, template):
+    """open-instruct's rows: ``dataset`` as a list of one (ground truth a list of one beside it)
+    and the ``ifeval_old`` name of its func_name verifier; a row naming two verifiers is an
+    error naming the row (one verifier scores a row here)."""
+    from megatron_tulu.rewards import verify
+
+    lower = {"func_name": "validate_lowercase", "N": None}
+    rows = [
+        {"messages": _user("How many?"), "ground_truth": ["12"], "dataset": ["gsm8k"]},
+        {"messages": _user("Answer in lowercase."), "ground_truth": json.dumps(lower),
+         "dataset": "ifeval_old"},
+        {"messages": _user("Lowercase."), "ground_truth": [json.dumps(lower)],
+         "dataset": ["ifeval_old"]},
+    ]  # fmt: skip
+    prompts, _ = read_rl_prompts(_write(tmp_path / "l.jsonl", rows), template,
+                                 max_prompt_tokens=64)  # fmt: skip
+    assert [(p.verifier, p.dataset) for p in prompts] == [
+        ("gsm8k", "gsm8k"), ("ifeval", "ifeval_old"), ("ifeval", "ifeval_old"),
+    ]  # fmt: skip
+    assert prompts[0].ground_truth == "12"
+    assert verify("gsm8k", "so #### 12", prompts[0].ground_truth).correct
+    for p in prompts[1:]:
+        assert verify("ifeval", "all lowercase here.", p.ground_truth).correct
+        assert not verify("ifeval", "Not lowercase.", p.ground_truth).correct
+    rows.append({"messages": _user("b"), "ground_truth": ["1", "2"], "dataset": ["gsm8k", "math"]})
+    with pytest.raises(ValueError, match=r"l\.jsonl:4: 'dataset' names 2 verifiers"):
+        read_rl_prompts(_write(tmp_path / "l.jsonl", rows), template, max_prompt_tokens=64)

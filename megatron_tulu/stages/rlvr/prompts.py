@@ -31,7 +31,12 @@ from megatron_tulu.data.rows import (
 )
 from megatron_tulu.data.tokenised import good_rows, parse_rl_row
 
-DATASET_VERIFIERS = {"gsm8k": "gsm8k", "arith": "gsm8k", "math": "math", "ifeval": "ifeval"}
+DATASET_VERIFIERS = {
+    "gsm8k": "gsm8k", "arith": "gsm8k", "math": "math", "ifeval": "ifeval",
+    # open-instruct names its verifier for the func_name ground truth "ifeval_old"; ours reads
+    # all three IFEval layouts
+    "ifeval_old": "ifeval",
+}  # fmt: skip
 TOO_LONG = "prompt longer than rlvr.max_prompt_tokens"
 
 
@@ -43,6 +48,31 @@ class RLPrompt:
     dataset: str
     path: str
     line: int
+
+
+def one_source(row: dict[str, Any], at: str) -> dict[str, Any]:
+    """open-instruct's rows may name their verifiers as a list (``"dataset": ["gsm8k"]``, with
+    ``ground_truth`` a list beside it). One verifier per row is what RLVR scores here: a list of
+    one is unwrapped (its ground truth too, when that is a list of one), a longer list is an
+    error naming the row."""
+    dataset = row.get("dataset")
+    if isinstance(dataset, str) and dataset.startswith("["):
+        try:
+            dataset = json.loads(dataset)
+        except json.JSONDecodeError:
+            return row
+    if not isinstance(dataset, list):
+        return row
+    if len(dataset) != 1:
+        raise ValueError(
+            f"{at}: 'dataset' names {len(dataset)} verifiers ({dataset!r}): a row is scored by "
+            "one verifier here (reward 10 when it passes); split the row into one row per "
+            "verifier"
+        )
+    truth = row.get("ground_truth")
+    if isinstance(truth, list) and len(truth) == 1:
+        truth = truth[0]
+    return {**row, "dataset": dataset[0], "ground_truth": truth}
 
 
 def _verifier_name(row: dict[str, Any], at: str) -> tuple[str, str]:
@@ -71,6 +101,7 @@ def _prompt(
             f"{at}: RL prompt row has no 'ground_truth': RLVR cannot score its answers; "
             "add the reference answer or drop the row"
         )
+    row = one_source(row, at)
     verifier, dataset = _verifier_name(row, at)
     if len(ids) > max_prompt_tokens:
         report.add_bad(
