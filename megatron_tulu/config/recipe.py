@@ -99,13 +99,19 @@ class RecipeConfig:
     def resolve_parallel(self, world_size: int) -> ParallelDims:
         """The trainer's layout: ``self.parallel.resolve(world_size, self.model)``, refusing
         what the stages cannot run yet (the planner plans it all the same)."""
-        if self.parallel.cp > 1:
+        cp, t = self.parallel.cp, self.training
+        if cp > 1 and t.stage == "rlvr":
             raise ValueError(
-                f"parallel.cp ({self.parallel.cp}) > 1: the process groups and the model take "
-                f"context parallelism (Transformer Engine's attention only; the local spec "
-                f"refuses it), but the stages do not yet split each micro-batch's sequence over "
-                f"the cp ranks nor reduce per-token and per-row results over them; set "
-                f"parallel.cp to 1"
+                f"parallel.cp ({cp}) > 1 with training.stage 'rlvr': RLVR's per-token passes "
+                f"(old, reference log-probs, values, PPO/GRPO losses) are not gathered over cp "
+                f"ranks; context parallelism runs for the pretrain, sft and dpo stages. Set "
+                f"parallel.cp to 1 for rlvr"
+            )
+        if cp > 1 and t.attention == "local":
+            raise ValueError(
+                f"parallel.cp ({cp}) > 1 with training.attention 'local': megatron-core's "
+                f"DotProductAttention has no context parallelism; set training.attention to "
+                f"'sdpa' or 'auto' (SDPA without Transformer Engine, TE's attention with it)"
             )
         return self.parallel.resolve(world_size, self.model)
 

@@ -34,9 +34,10 @@ class TrainingConfig:
     seed: int = 1234
     precision: str = "fp32"
     recompute: str = "none"  # activation recomputation
-    # Core attention without Transformer Engine: "auto" (SDPA on CUDA, megatron's own on CPU),
-    # "local" (megatron's DotProductAttention) or "sdpa" (models/sdpa_attention.py). With TE
-    # installed on CUDA, TE's attention is used whatever this says.
+    # Core attention without Transformer Engine: "auto" (SDPA on CUDA or with parallel.cp > 1,
+    # megatron's own on CPU otherwise), "local" (megatron's DotProductAttention; no context
+    # parallelism) or "sdpa" (models/sdpa_attention.py). With TE installed on CUDA, TE's
+    # attention is used whatever this says.
     attention: str = "auto"
     log_interval: int = 1
     output_dir: str = "runs/default"

@@ -6,6 +6,15 @@ per-token convention (``calculate_per_token_loss``): gradients are summed over t
 then divided by the summed ``count``. Every stage builds its steps here from a loss of
 :mod:`megatron_tulu.losses` (``loss_fn(batch, output) -> (loss, count, report)``), or from a
 forward-only measurement (``measure(batch, output) -> tensor``, reported under a key).
+
+Context parallelism: the step cuts each micro-batch for this CP rank
+(:func:`megatron_tulu.engine.context_parallel.split_for_cp`) before the model, so a loss sees
+the local batch; its per-row sums are made whole over CP inside the loss
+(:func:`megatron_tulu.losses.logprobs.sequence_logprobs`), so every CP rank returns the same
+loss, count and report. megatron then sums ``count`` over the data x context-parallel group
+(``finalize_model_grads`` all-reduces ``num_tokens`` over dp_cp) to divide the gradients, so the
+count must enter once per CP group: the step zeroes it on CP ranks other than 0. Reports are
+summed over DP only (:mod:`.collect`), so they stay as computed.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from functools import partial
 
 import torch
 
+from megatron_tulu.engine.context_parallel import model_cp_group, split_for_cp
 from megatron_tulu.engine.microbatch import MicroBatch
 
 LossOutput = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
@@ -47,13 +57,27 @@ def forward_model(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
     return model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
 
 
+def _count_once_per_cp_group(loss_fn: LossFn, cp_rank: int, batch: MicroBatch,
+                             output: torch.Tensor) -> LossOutput:  # fmt: skip
+    loss, count, report = loss_fn(batch, output)
+    if cp_rank > 0:  # the same count is on every CP rank: megatron sums it over dp x cp
+        count = torch.zeros_like(count)
+    return loss, count, report
+
+
 def forward_step(loss_fn: LossFn) -> ForwardStep:
-    """A schedule step that moves the next micro-batch to the model's device, runs the model on
-    it and applies ``loss_fn`` (whose batch tensors are then on the output's device)."""
+    """A schedule step that moves the next micro-batch to the model's device, cuts it for this
+    CP rank, runs the model on it and applies ``loss_fn`` (whose batch tensors are then on the
+    output's device); see the module docstring for the count under CP."""
 
     def step(data: Iterator[MicroBatch], model: torch.nn.Module):
         batch = to_device(next(data), model_device(model))
-        return forward_model(model, batch), partial(loss_fn, batch)
+        cp = model_cp_group(model)
+        if cp is None or cp.size() == 1:
+            return forward_model(model, batch), partial(loss_fn, batch)
+        batch = split_for_cp(batch, cp)
+        loss = partial(_count_once_per_cp_group, loss_fn, cp.rank(), batch)
+        return forward_model(model, batch), loss
 
     return step
 

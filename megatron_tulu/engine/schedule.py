@@ -22,6 +22,7 @@ from megatron.core.utils import get_model_config
 from megatron_tulu.config import ParallelDims
 from megatron_tulu.engine.build import Engine
 from megatron_tulu.engine.collect import collect
+from megatron_tulu.engine.context_parallel import gather_seq
 from megatron_tulu.engine.forward import ForwardStep, measure_step
 from megatron_tulu.engine.forward import forward_step as make_step
 from megatron_tulu.engine.microbatch import MicroBatch
@@ -139,9 +140,14 @@ def as_runnable(chunks: Sequence[torch.nn.Module], dims: ParallelDims) -> Runnab
 def forward_logits(
     model: Runnable, microbatches: Sequence[MicroBatch], vocab_size: int
 ) -> list[torch.Tensor]:
-    """Full (TP-gathered, padding removed) fp32 logits [b, s, vocab] per micro-batch, on every
-    rank. For checks and evaluation of small batches (the logits cross the pipeline)."""
-    step = measure_step("logits", lambda b, out: gather_full_logits(out.float(), vocab_size))
+    """Full (TP- and CP-gathered, padding removed) fp32 logits [b, s, vocab] per micro-batch,
+    on every rank. For checks and evaluation of small batches (the logits cross the pipeline)."""
+    cp = getattr(model.pg, "cp", None)
+
+    def whole(batch: MicroBatch, out: torch.Tensor) -> torch.Tensor:
+        return gather_seq(gather_full_logits(out.float(), vocab_size), cp)
+
+    step = measure_step("logits", whole)
     reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
     logits = collect(reports, "logits", model.pg)
     return list(logits.split([mb["tokens"].shape[0] for mb in microbatches]))

@@ -2,6 +2,12 @@
 
 ``output`` is this TP rank's logits shard [b, s, V/t] on the trainer's layout; the log-softmax
 runs over the whole vocabulary through :mod:`megatron_tulu.ops` (padded columns excluded).
+
+Under context parallelism ``output`` and the batch hold this CP rank's positions only
+(:mod:`megatron_tulu.engine.context_parallel`): :func:`label_logprobs` is per token and local;
+:func:`sequence_logprobs` sums over the whole sequence (all CP ranks, with an identity
+backward), so every loss built on it is the same on every CP rank. Like the TP group here, the
+CP group is megatron's global one (the trainer's layout).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_tulu.ops import token_logprobs
+from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 Batch = dict[str, torch.Tensor]
 
@@ -27,7 +34,10 @@ def label_logprobs(
 def sequence_logprobs(
     output: torch.Tensor, batch: Batch, vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of masked token log-probs [rows], loss-token count [rows])."""
+    """(sum of masked token log-probs [rows], loss-token count [rows]), over the whole
+    sequence on every CP rank (see the module docstring)."""
     logp = label_logprobs(output, batch, vocab_size)
     mask = batch["loss_mask"].to(logp.dtype)
-    return (logp * mask).sum(dim=-1), mask.sum(dim=-1)
+    sums = torch.stack([(logp * mask).sum(dim=-1), mask.sum(dim=-1)])  # [2, rows]
+    sums = cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))
+    return sums[0], sums[1]

@@ -71,10 +71,12 @@ class BuildOptions:
             return transformer_engine_usable()
         return self.use_transformer_engine
 
-    def sdpa(self) -> bool:
-        """Whether the local spec's core attention is SDPA (see models/sdpa_attention.py)."""
+    def sdpa(self, cp: int = 1) -> bool:
+        """Whether the local spec's core attention is SDPA (see models/sdpa_attention.py):
+        "auto" picks it on CUDA, and under context parallelism (``cp`` > 1), which megatron's
+        local DotProductAttention does not implement."""
         if self.attention == "auto":
-            return has_cuda()
+            return has_cuda() or cp > 1
         return self.attention == "sdpa"
 
 
@@ -141,7 +143,7 @@ def layer_spec(
     config: TransformerConfig, options: BuildOptions, vp_stage: int | None, pp_rank: int | None
 ):
     """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm (and SDPA core
-    attention where ``options.sdpa()``)."""
+    attention where ``options.sdpa(cp)``)."""
     if options.te():
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
@@ -151,7 +153,7 @@ def layer_spec(
     local = get_gpt_layer_local_spec(normalization="RMSNorm")
     local.submodules.input_layernorm = LlamaRMSNorm
     local.submodules.pre_mlp_layernorm = LlamaRMSNorm
-    if options.sdpa():
+    if options.sdpa(config.context_parallel_size):
         local.submodules.self_attention.submodules.core_attention = SDPAttention
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
     return TransformerBlockSubmodules(
@@ -182,14 +184,12 @@ def build_model_chunks(
             "untied input and output embeddings); set model.tie_word_embeddings=false"
         )
     options = options or BuildOptions()
-    if dims.cp > 1 and not options.te():
+    if dims.cp > 1 and not options.te() and not options.sdpa(dims.cp):
         raise ValueError(
-            f"parallel.cp ({dims.cp}) > 1: megatron-core's context parallelism runs only in "
-            "Transformer Engine's attention (TEDotProductAttention); this build uses the local "
-            "spec (megatron-core's DotProductAttention, or the SDPA core attention; neither has "
-            "context parallelism) "
-            "because Transformer Engine is not importable on a CUDA machine here. Set "
-            "parallel.cp=1, or run where transformer-engine[pytorch] and a GPU are present"
+            f"parallel.cp ({dims.cp}) > 1 with training.attention {options.attention!r}: "
+            "megatron-core's local DotProductAttention has no context parallelism; set "
+            "training.attention to 'sdpa' or 'auto' (SDPA gathers K/V over the cp ranks; "
+            "Transformer Engine's attention does its own where TE runs on CUDA), or parallel.cp=1"
         )
     if pg is not None and (dims.pp != 1 or dims.vpp is not None or pg.tp.size() != dims.tp):
         raise ValueError(

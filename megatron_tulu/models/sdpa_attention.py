@@ -16,11 +16,19 @@ Masks follow megatron's convention (``attention_mask`` True = masked out, [b or 
 - one query row (decoding one token against a cache): no mask, as megatron's softmax does.
 A query shorter than the keys (a prefix already cached) gets the bottom-right aligned causal mask.
 
+Context parallelism (cp > 1; the layout of :mod:`megatron_tulu.parallel.context`): this rank's
+queries are its two sequence chunks; K and V are all-gathered over the CP group
+(:func:`~megatron_tulu.parallel.context.gather_sequence`, whose backward reduce-scatters their
+gradients) into global order, and the mask is the global causal rule (query position >= key
+position). A packed-document ``attention_mask`` then has this rank's query rows and every key
+column, [b, 1, s / cp, s] (``engine.context_parallel.split_for_cp`` cuts it so), and is ANDed
+with the causal rule. Each rank materialises s / cp x s scores (no ring exchange as in TE).
+
 Not supported, with a clear error: packed-sequence THD inputs (``packed_seq_params``; use TE, or
-the block mask above), attention bias, context parallelism, sliding windows, softmax variants
-other than "vanilla". Numerics: fp32 SDPA differs from the local path only in reduction order
-(tested against it and against HF on CPU); in bf16 SDPA accumulates the softmax in fp32 inside the
-kernel, as ``attention_softmax_in_fp32`` asks of the local path.
+the block mask above), attention bias, sliding windows, softmax variants other than "vanilla".
+Numerics: fp32 SDPA differs from the local path only in reduction order (tested against it and
+against HF on CPU); in bf16 SDPA accumulates the softmax in fp32 inside the kernel, as
+``attention_softmax_in_fp32`` asks of the local path.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_tulu.parallel.context import cp_positions, gather_sequence
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -56,11 +66,6 @@ class SDPAttention(MegatronModule):
         pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError(
-                f"context_parallel_size ({config.context_parallel_size}) > 1 needs Transformer "
-                "Engine's attention; the SDPA attention has no context parallelism"
-            )
         if getattr(config, "window_size", None) is not None:
             raise ValueError(f"window_size ({config.window_size}) is not supported by SDPA here")
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
@@ -68,8 +73,15 @@ class SDPAttention(MegatronModule):
         if config.apply_query_key_layer_scaling:
             raise ValueError("apply_query_key_layer_scaling is not supported by SDPA here")
         if pg_collection is None:
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
         self.pg_collection = pg_collection
+        self.cp_group = getattr(pg_collection, "cp", None)
+        cp = 1 if self.cp_group is None else self.cp_group.size()
+        if cp != config.context_parallel_size:
+            raise ValueError(
+                f"context_parallel_size ({config.context_parallel_size}) differs from the size "
+                f"of the attention's cp group ({cp}): build the model on the groups of its layout"
+            )
         tp = pg_collection.tp.size()
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
@@ -108,7 +120,10 @@ class SDPAttention(MegatronModule):
         causal = mask_type == AttnMaskType.causal
         mask: torch.Tensor | None = None
         is_causal = False
-        if attention_mask is not None:
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            k, v = (gather_sequence(t, 2, self.cp_group) for t in (k, v))
+            mask = self._cp_mask(sq, k.shape[2], causal, attention_mask, q.device)
+        elif attention_mask is not None:
             mask = ~attention_mask.to(torch.bool)
         elif causal and sq > 1:
             if sq == sk:
@@ -127,3 +142,30 @@ class SDPAttention(MegatronModule):
         )
         # [b, heads, sq, d] -> [sq, b, heads * d]
         return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], self.hidden_size_per_partition)
+
+    def _cp_mask(
+        self, sq: int, sk: int, causal: bool, attention_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """SDPA's mask (True = attend) for this CP rank's queries [sq] against all keys [sk]:
+        the global causal rule, ANDed with a packed-document mask [b, 1, sq, sk]."""
+        cp, rank = self.cp_group.size(), self.cp_group.rank()
+        if sk != sq * cp:
+            raise ValueError(
+                f"context parallelism: {sq} local queries on each of cp ({cp}) ranks but {sk} "
+                f"gathered keys; the attention needs the whole sequence split over the ranks"
+            )
+        mask = None
+        if causal:
+            q_pos = cp_positions(sk, rank, cp).to(device)
+            mask = q_pos[:, None] >= torch.arange(sk, device=device)[None, :]  # [sq, sk]
+        if attention_mask is not None:
+            if attention_mask.shape[-2:] != (sq, sk):
+                raise ValueError(
+                    f"context parallelism: attention_mask {tuple(attention_mask.shape)} must "
+                    f"be [b, 1, {sq}, {sk}] (this rank's query rows, every key column); split "
+                    f"batches with engine.context_parallel.split_for_cp"
+                )
+            allowed = ~attention_mask.to(torch.bool)
+            mask = allowed if mask is None else allowed & mask
+        return mask

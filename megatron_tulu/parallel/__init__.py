@@ -41,14 +41,6 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    if dims.cp > 1 and not context_parallel_backend():
-        raise ValueError(
-            f"parallel.cp ({dims.cp}) > 1: megatron-core's context parallelism runs only in "
-            "Transformer Engine's attention; without TE and CUDA the model uses the local spec "
-            "(megatron-core's DotProductAttention, or the SDPA core attention), which has no "
-            "context parallelism. Set "
-            "parallel.cp=1, or run where transformer-engine[pytorch] and a GPU are present"
-        )
     if dist.get_world_size() != dims.world_size:
         raise ValueError(
             f"the launcher started {dist.get_world_size()} ranks but the layout needs "
@@ -69,8 +61,10 @@ def init_parallel(dims: ParallelDims, *, seed: int, timeout_s: float = 600.0) ->
 
 
 def context_parallel_backend() -> bool:
-    """Whether context parallelism can run here: Transformer Engine's attention (TE importable
-    on a CUDA machine, as :func:`megatron_tulu.models.llama.transformer_engine_usable`)."""
+    """Whether megatron-core's own context parallelism (Transformer Engine's attention) runs
+    here: TE importable on a CUDA machine, as :func:`megatron_tulu.models.llama.
+    transformer_engine_usable`. Elsewhere cp > 1 runs in the SDPA core attention (the model
+    builder decides: :func:`megatron_tulu.models.llama.build_model_chunks`)."""
     return has_cuda() and importlib.util.find_spec("transformer_engine") is not None
 
 

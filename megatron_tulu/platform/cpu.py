@@ -22,7 +22,8 @@ What is patched, and why (each item is checked by ``tests/unit/test_platform_can
 5. A process-wide ``TorchFunctionMode`` (:class:`CudaToCpuMode`) rewrites ``device="cuda..."``
    keyword arguments, ``.to("cuda")`` and ``.cuda()`` to the CPU, and makes ``tensor.type()``
    report ``torch.cuda.FloatTensor``-style names (megatron's optimizer classifies parameters by
-   that string). This is the part with a run-time cost: every torch call made in Python passes
+   that string), and drops ``pin_memory=True`` (no pinned allocator without an accelerator;
+   megatron's RoPE slicing for context parallelism pins its chunk index). This is the part with a run-time cost: every torch call made in Python passes
    through one extra Python function (measured in ``benchmarks/results/``).
 
 What it does NOT do: it does not make fused CUDA kernels (TE, apex, ``apply_rope_fusion``,
@@ -68,6 +69,9 @@ class CudaToCpuMode(TorchFunctionMode):
         if kwargs and "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = dict(kwargs)
             kwargs["device"] = _CPU
+        if kwargs and kwargs.get("pin_memory"):
+            kwargs = dict(kwargs)
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             if not isinstance(args[1], int) or isinstance(args[1], bool):
                 args = (args[0], _CPU, *args[2:])

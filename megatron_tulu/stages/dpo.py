@@ -64,14 +64,15 @@ class PreferenceBatches:
     reference: torch.Tensor | None = None  # [pairs, 2]
 
     def micro(self, indices: list[int]) -> list[MicroBatch]:
-        # Pad to the step's longest row (rounded up for TP/SP), not to seq_length: every rank of a
-        # model replica reads the same pairs, so all its micro-batches share one length.
+        # Pad to the step's longest row (rounded up for TP/SP and into 2 * cp chunks for context
+        # parallelism), not to seq_length: every rank of a model replica reads the same pairs,
+        # so all its micro-batches share one length. (seq_length is itself such a multiple.)
         longest = max(
             len(ids) - 1
             for i in indices
             for ids in (self.dataset.examples[i].chosen_ids, self.dataset.examples[i].rejected_ids)
         )
-        multiple = math.lcm(8, self.dims.tp)
+        multiple = math.lcm(8, self.dims.tp, 2 * self.dims.cp)
         width = min(self.seq_length, -(-longest // multiple) * multiple)
         batch = self.dataset.batch(indices, pad_to=width)
         chosen = {k: getattr(batch, f"chosen_{k}") for k in KEYS}

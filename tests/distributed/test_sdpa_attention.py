@@ -50,6 +50,7 @@ def test_sdpa_query_shorter_than_keys_is_bottom_right_causal() -> None:
     torch.nn.Module.__init__(module)
     module.attn_mask_type, module.heads, module.groups = AttnMaskType.causal, 2, 1
     module.hidden_size_per_partition, module.softmax_scale, module.dropout_p = 8, 0.5, 0.0
+    module.cp_group = None
     gen = torch.Generator().manual_seed(3)
     q, k, v = torch.randn(3, 1, 2, 4, generator=gen), *torch.randn(2, 7, 1, 1, 4, generator=gen)
     out = module(q, k, v, None)
@@ -66,7 +67,8 @@ def test_sdpa_refuses_what_it_lacks() -> None:
     with pytest.raises(ValueError, match="attention \\('flash'\\)"):
         BuildOptions(attention="flash")
     assert BuildOptions(attention="sdpa").sdpa() and not BuildOptions(attention="local").sdpa()
-    assert BuildOptions().sdpa() == torch.cuda.is_available()  # auto: SDPA on CUDA only
+    assert BuildOptions().sdpa() == torch.cuda.is_available()  # auto: SDPA on CUDA only ...
+    assert BuildOptions().sdpa(cp=2)  # ... or with context parallelism (local refuses it)
 
 
 @pytest.fixture(scope="module")

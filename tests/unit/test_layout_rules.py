@@ -59,12 +59,30 @@ def test_rank_order_with_cp_is_megatrons() -> None:
     assert d.grid.groups("dp")[0] == [0, 4]
 
 
-def test_the_trainer_refuses_cp_until_it_implements_it() -> None:
-    recipe = load_recipe(None, ["parallel.cp=2", "training.seq_length=64"])
-    assert recipe.parallel.resolve(2).cp == 2  # planning accepts it
-    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1: .* the stages do not yet "
-                                         r"split each micro-batch"):  # fmt: skip
-        recipe.resolve_parallel(2)
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])
+@pytest.mark.parametrize("attention", ["auto", "sdpa"])
+def test_the_trainer_takes_cp_for_supervised_stages(stage: str, attention: str) -> None:
+    recipe = load_recipe(
+        None, ["parallel.cp=2", "training.seq_length=64", f"training.stage={stage}",
+               f"training.attention={attention}"],
+    )  # fmt: skip
+    assert recipe.resolve_parallel(4).cp == 2
+
+
+def test_the_trainer_refuses_cp_for_rlvr_and_the_local_attention() -> None:
+    rlvr = load_recipe(None, ["parallel.cp=2", "training.seq_length=64", "training.stage=rlvr"])
+    assert rlvr.parallel.resolve(2).cp == 2  # planning accepts it
+    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1 with training\.stage 'rlvr': "
+                                         r".*for the pretrain, sft and dpo stages"):  # fmt: skip
+        rlvr.resolve_parallel(2)
+    local = load_recipe(
+        None, ["parallel.cp=2", "training.seq_length=64", "training.stage=sft",
+               "training.attention=local"],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1 with training\.attention "
+                                         r"'local': megatron-core's DotProductAttention has no "
+                                         r"context parallelism"):  # fmt: skip
+        local.resolve_parallel(2)
 
 
 # ------------------------------------------------------------- the planner: ParallelConfig's rules

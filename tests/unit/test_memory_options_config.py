@@ -101,11 +101,16 @@ def test_megatron_receives_the_optimizer_options():
         grad_reduce_in_fp32(opt, BuildOptions(precision="fp32"))
 
 
-def test_context_parallelism_is_refused_by_the_local_spec():
+def test_context_parallelism_is_refused_by_the_local_attention():
     from megatron_tulu.models.llama import BuildOptions, build_model_chunks
     from megatron_tulu.parallel import context_parallel_backend
 
     assert not context_parallel_backend()  # no Transformer Engine / CUDA on this machine
     dims = ParallelConfig(cp=2).resolve(2)
-    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1: .*Transformer Engine.*local"):
-        build_model_chunks(model_preset("tiny"), dims, BuildOptions())
+    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1 with training\.attention "
+                                         r"'local': megatron-core's local DotProductAttention "
+                                         r"has no context parallelism"):  # fmt: skip
+        build_model_chunks(model_preset("tiny"), dims, BuildOptions(attention="local"))
+    # "auto" takes the SDPA attention, which implements it (tests/distributed/
+    # test_context_parallel.py runs it)
+    assert BuildOptions().sdpa(cp=2) and not BuildOptions(attention="local").sdpa(cp=2)

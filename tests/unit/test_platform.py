@@ -36,6 +36,7 @@ def _mode_worker() -> dict[str, object]:
         "zeros_device": str(t.device),
         "to_device": str(torch.ones(2).to("cuda").device),
         "cuda_call": str(torch.ones(2).cuda().device),
+        "pinned": torch.tensor([1, 2], pin_memory=True).tolist(),  # megatron's CP RoPE index
         "type_name": torch.ones(2).type(),
         "current_device": str(torch.cuda.current_device()),
         "seed_maps_to_cpu": bool(torch.equal(a, b)),
@@ -49,6 +50,7 @@ def test_layer_patches_once_and_maps_cuda_to_cpu():
     assert r["zeros_device"] == "cpu"
     assert r["to_device"] == "cpu"
     assert r["cuda_call"] == "cpu"
+    assert r["pinned"] == [1, 2]
     assert r["type_name"] == "torch.cuda.FloatTensor"
     assert r["current_device"] == "cpu"
     assert r["seed_maps_to_cpu"] is True
