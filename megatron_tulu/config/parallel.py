@@ -8,10 +8,14 @@ rank varies fastest, then the context-parallel rank, then data-parallel, then pi
 
     rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
 
-Context parallelism (``cp``) is megatron-core's: each sequence is split into ``2 * cp``
-load-balanced chunks over ``cp`` ranks, and only Transformer Engine's attention implements it
-(the local spec used on CPU refuses cp > 1, naming the backend: :func:`megatron_tulu.parallel.
-init_parallel` and :func:`megatron_tulu.models.llama.build_model_chunks`).
+Context parallelism (``cp``) is megatron-core's layout: each sequence is split into ``2 * cp``
+load-balanced chunks over ``cp`` ranks (rank r holds chunks r and 2cp-1-r; see
+:mod:`megatron_tulu.parallel.context`). Transformer Engine's attention implements it on GPUs
+(not tested here: no TE/CUDA on the CI machine); without TE the SDPA core attention does
+(K/V all-gathered over the cp ranks), and megatron's local DotProductAttention refuses it
+(:func:`megatron_tulu.models.llama.build_model_chunks`). The stages split each micro-batch over
+the cp ranks and reduce per-row results over them for pretrain, SFT and DPO; RLVR refuses
+cp > 1 (docs/architecture.md, "Context parallelism").
 
 Uneven pipeline stages (``first_stage_layers`` / ``last_stage_layers``) are megatron-core's
 ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``: the first and
@@ -183,7 +187,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     vpp: int | None = None  # virtual pipeline stages per pipeline rank; None = not interleaved
-    cp: int = 1  # context parallel: each sequence split over cp ranks (TE attention only)
+    cp: int = 1  # context parallel: each sequence split over cp ranks (TE or SDPA attention)
     sequence_parallel: bool = False
     micro_batch_size: int = 1
     global_batch_size: int | None = None  # None -> micro_batch_size * dp

@@ -144,6 +144,12 @@ class RLVRStage:
 
     def setup(self, resume_step: int | None) -> int:
         recipe, t, dims = self.recipe, self.t, self.ctx.dims
+        if dims.cp > 1:  # RecipeConfig.resolve_parallel refuses it first; a built layout too
+            raise ValueError(
+                f"parallel.cp ({dims.cp}) > 1: the RLVR stage does not gather its per-token "
+                "passes (old/reference log-probs, values, PPO/GRPO losses) over cp ranks; "
+                "context parallelism runs for pretrain, sft and dpo. Set parallel.cp to 1"
+            )
         options = BuildOptions(precision=t.precision, recompute=t.recompute, attention=t.attention)
         self.policy = build_policy(recipe, dims, options)
         self.value = build_value(recipe, dims, options) if self.ppo else None
