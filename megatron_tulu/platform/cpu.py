@@ -23,8 +23,9 @@ What is patched, and why (each item is checked by ``tests/unit/test_platform_can
    keyword arguments, ``.to("cuda")`` and ``.cuda()`` to the CPU, and makes ``tensor.type()``
    report ``torch.cuda.FloatTensor``-style names (megatron's optimizer classifies parameters by
    that string), and drops ``pin_memory=True`` (no pinned allocator without an accelerator;
-   megatron's RoPE slicing for context parallelism pins its chunk index). This is the part with a run-time cost: every torch call made in Python passes
-   through one extra Python function (measured in ``benchmarks/results/``).
+   megatron's RoPE slicing for context parallelism pins its chunk index). This is the part
+   with a run-time cost: every torch call made in Python passes through one extra Python
+   function (measured in ``benchmarks/results/``).
 
 What it does NOT do: it does not make fused CUDA kernels (TE, apex, ``apply_rope_fusion``,
 ``gradient_accumulation_fusion``, ``masked_softmax_fusion``) work; the model builder turns those
