@@ -4,13 +4,17 @@ megatron-core's local spec wraps ``torch.nn.RMSNorm`` and refuses sequence paral
 This norm computes exactly what Hugging Face's ``LlamaRMSNorm`` computes (normalise in fp32, cast
 back, then scale) and marks its weight ``sequence_parallel`` so that megatron's
 ``finalize_model_grads`` all-reduces its gradient over the tensor-parallel group when the
-activations are sequence-sharded.
+activations are sequence-sharded. The math runs through :func:`megatron_tulu.ops.norm.rms_norm`:
+the fused Triton kernel on CUDA, the unfused torch code on CPU (``MEGATRON_TULU_NORM_BACKEND``
+overrides the choice).
 """
 
 from __future__ import annotations
 
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_tulu.ops.norm import rms_norm
 
 
 class LlamaRMSNorm(torch.nn.Module):
@@ -29,8 +33,4 @@ class LlamaRMSNorm(torch.nn.Module):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden.dtype
-        hidden32 = hidden.float()
-        variance = hidden32.pow(2).mean(-1, keepdim=True)
-        normed = hidden32 * torch.rsqrt(variance + self.eps)
-        return self.weight * normed.to(input_dtype)
+        return rms_norm(hidden, self.weight, self.eps)

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""RMSNorm on one CUDA GPU: the fused Triton kernel (kernels/rmsnorm.py) vs the unfused torch code
+(Hugging Face's LlamaRMSNorm, what the local spec ran before), forward and forward + backward.
+
+Rows x hidden as in an 8B / 70B / 405B layer (4 x 4,096 tokens; H = 4,096, 8,192, 16,384), bf16
+activations and weights. Times are CUDA-event medians over ``--reps`` after warm-up; bandwidth is
+the minimum traffic (forward: read x and w, write y; backward: read x, dy, w, write dx, plus
+the fp32 partial dw and rstd) over the time, against the device copy bandwidth measured here with
+a large ``copy_``. Writes JSON to stdout (or ``--out``) with the GPU, versions and date.
+
+NOT RUN YET: no GPU has been lent to this project since this script was written; it needs CUDA
+and refuses to run without it. CPU correctness: tests/kernels/test_kernel_rmsnorm.py.
+
+    python benchmarks/kernels/bench_rmsnorm_gpu.py [--reps 50] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+TOKENS = 4 * 4096
+HIDDENS = (4096, 8192, 16384)
+
+
+def _time(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(reps: int) -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    seconds = _time(lambda: dst.copy_(src), reps)
+    return 2 * src.numel() / seconds  # bytes read + written per second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_rmsnorm_gpu.py needs a CUDA GPU (CPU: see the kernel tests)")
+    from megatron_tulu.ops.norm import rms_norm
+
+    rows = []
+    for hidden in HIDDENS:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(TOKENS, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+        w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn_like(x)
+        xg = x.clone().requires_grad_()
+        elem = x.numel() * x.element_size()
+        fwd_bytes = 2 * elem + 2 * hidden
+        bwd_bytes = 3 * elem + 2 * hidden + 4 * TOKENS
+        for backend in ("torch", "triton"):
+
+            def fwd(backend=backend, x=x, w=w):
+                with torch.no_grad():
+                    rms_norm(x, w, 1e-5, backend=backend)
+
+            def fwd_bwd(backend=backend, xg=xg, w=w, dy=dy):
+                rms_norm(xg, w, 1e-5, backend=backend).backward(dy)
+
+            t_fwd, t_all = _time(fwd, args.reps), _time(fwd_bwd, args.reps)
+            rows.append({
+                "hidden": hidden, "backend": backend, "forward_ms": 1e3 * t_fwd,
+                "forward_backward_ms": 1e3 * t_all, "forward_GBps": fwd_bytes / t_fwd / 1e9,
+                "forward_backward_GBps": (fwd_bytes + bwd_bytes) / t_all / 1e9,
+            })  # fmt: skip
+    result = {
+        "command": "python benchmarks/kernels/bench_rmsnorm_gpu.py",
+        "date": date.today().isoformat(),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "tokens": TOKENS,
+        "dtype": "bfloat16",
+        "copy_GBps": copy_bandwidth(args.reps) / 1e9,
+        "rows": rows,
+    }
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
