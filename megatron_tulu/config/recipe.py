@@ -98,14 +98,17 @@ class RecipeConfig:
 
     def resolve_parallel(self, world_size: int) -> ParallelDims:
         """The trainer's layout: ``self.parallel.resolve(world_size, self.model)``, refusing
-        what the stages cannot run yet (the planner plans it all the same)."""
+        what the stages cannot run yet (the planner plans it all the same): context
+        parallelism with megatron's local attention, or with PPO's value model on its own
+        groups (docs/architecture.md, "Context parallelism")."""
         cp, t = self.parallel.cp, self.training
-        if cp > 1 and t.stage == "rlvr":
+        own_value_groups = self.rlvr.algorithm == "ppo" and self.value.tp is not None
+        if cp > 1 and t.stage == "rlvr" and own_value_groups:
             raise ValueError(
-                f"parallel.cp ({cp}) > 1 with training.stage 'rlvr': RLVR's per-token passes "
-                f"(old, reference log-probs, values, PPO/GRPO losses) are not gathered over cp "
-                f"ranks; context parallelism runs for the pretrain, sft and dpo stages. Set "
-                f"parallel.cp to 1 for rlvr"
+                f"parallel.cp ({cp}) > 1 with value.tp ({self.value.tp}): PPO's value model on "
+                f"its own groups has no context parallelism (its losses reduce over the "
+                f"trainer's cp group); leave value.tp unset so it runs on the trainer's layout "
+                f"(with cp), or set parallel.cp to 1"
             )
         if cp > 1 and t.attention == "local":
             raise ValueError(

@@ -15,6 +15,15 @@ Value::
 
     V_clip = old + clip(V - old, -eps_v, eps_v)
     loss_t = coef * 0.5 * max((V - R)^2, (V_clip - R)^2)
+
+Context parallelism: the batch and ``output`` hold this CP rank's positions only
+(:func:`megatron_tulu.engine.context_parallel.split_for_cp` cuts every per-token column). Each
+loss sums its local tokens, then makes the sums (loss, count and every report entry) whole over
+the CP group with :func:`megatron_tulu.parallel.context.cp_all_reduce_sum` (identity backward:
+each rank's backward through its own tokens is exactly their share of the gradient), so every
+CP rank returns the same loss, count and report, as the SFT and DPO losses do. The CP group is
+megatron's global one (the trainer's layout): a value model on its own groups (``value.tp``)
+runs only without CP (:meth:`megatron_tulu.config.RecipeConfig.resolve_parallel`).
 """
 
 from __future__ import annotations
@@ -24,8 +33,15 @@ from megatron.core import parallel_state as ps
 
 from megatron_tulu.losses.logprobs import Batch, label_logprobs
 from megatron_tulu.ops import entropy, kl
+from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 KL_ESTIMATORS = ("k1", "k3")
+
+
+def _whole_over_cp(sums: torch.Tensor) -> torch.Tensor:
+    """Per-micro-batch sums [k] of this CP rank's tokens -> the whole sequences' (module
+    docstring); ``sums`` itself without CP."""
+    return cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -65,7 +81,6 @@ def policy_loss(
         per_token = per_token + kl_beta * kl_tok
         kl_sum = (kl_tok.detach() * mask).sum()
     loss = (per_token * mask).sum()
-    n = mask.sum()
     with torch.no_grad():
         ent = entropy(
             output.detach(), temperature=temperature, vocab_size=vocab_size,
@@ -73,10 +88,12 @@ def policy_loss(
         )  # fmt: skip
         clipped_tokens = (was_clipped.float() * mask).sum()
         approx_kl = ((ratio - 1.0 - log_ratio) * mask).sum()  # KL(old || new), k3
-        report = torch.stack([
-            loss.detach(), n, clipped_tokens, (ent * mask).sum(), approx_kl, kl_sum,
-        ]).float()  # fmt: skip
-    return loss, n.to(torch.int), {"policy": report}
+        others = torch.stack([mask.sum(), clipped_tokens, (ent * mask).sum(), approx_kl, kl_sum])
+    # [loss, tokens, clipped, entropy, approx KL, KL to reference]; only the loss has a gradient
+    sums = _whole_over_cp(torch.cat([loss.float().reshape(1), others.float()]))
+    # the loss is returned as its own tensor, not a view of ``sums``: megatron's pipeline
+    # schedule frees the last stage's output and refuses views
+    return sums[0].clone(), sums[1].round().to(torch.int), {"policy": sums.detach()}
 
 
 def clipped_value_terms(
@@ -96,6 +113,6 @@ def value_loss(
     values = output[..., 0].float()
     per_token = clipped_value_terms(values, batch["old_values"], batch["returns"], clip)
     loss = coef * (per_token * mask).sum()
-    n = mask.sum()
-    report = torch.stack([loss.detach() / max(coef, 1e-12), n]).float()
-    return loss, n.to(torch.int), {"value": report}
+    sums = _whole_over_cp(torch.stack([loss.float(), mask.sum().float()]))  # [loss, tokens]
+    report = torch.stack([sums[0].detach() / max(coef, 1e-12), sums[1].detach()])
+    return sums[0].clone(), sums[1].round().to(torch.int), {"value": report}  # (see above)

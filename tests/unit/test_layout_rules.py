@@ -69,12 +69,8 @@ def test_the_trainer_takes_cp_for_supervised_stages(stage: str, attention: str) 
     assert recipe.resolve_parallel(4).cp == 2
 
 
-def test_the_trainer_refuses_cp_for_rlvr_and_the_local_attention() -> None:
-    rlvr = load_recipe(None, ["parallel.cp=2", "training.seq_length=64", "training.stage=rlvr"])
-    assert rlvr.parallel.resolve(2).cp == 2  # planning accepts it
-    with pytest.raises(ValueError, match=r"parallel\.cp \(2\) > 1 with training\.stage 'rlvr': "
-                                         r".*for the pretrain, sft and dpo stages"):  # fmt: skip
-        rlvr.resolve_parallel(2)
+def test_the_trainer_refuses_cp_with_the_local_attention() -> None:
+    # (RLVR takes cp > 1: tests/distributed/test_context_parallel_rlvr.py)
     local = load_recipe(
         None, ["parallel.cp=2", "training.seq_length=64", "training.stage=sft",
                "training.attention=local"],

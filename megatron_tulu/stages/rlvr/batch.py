@@ -7,6 +7,12 @@ Row ``i`` of a :class:`RolloutBatch` is ``prompt + response`` padded to a common
 :mod:`megatron_tulu.stages.rlvr.advantages`). Every rank holds the whole batch; each
 data-parallel rank computes forward passes for its contiguous share of rows, and the results
 are all-gathered.
+
+Context parallelism: the schedule step cuts each micro-batch for its CP rank (every [b, L-1]
+column: tokens, labels, mask, positions and the per-token RL columns of :func:`micro_batches`),
+so a forward-only pass reports this CP rank's positions; :func:`forward_per_token` gathers them
+back into whole rows in global order before they join the rollout batch. The width ``L - 1``
+must split into ``2 * cp`` chunks (the stage pads to such a multiple).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 
 from megatron_tulu.config import ParallelDims
 from megatron_tulu.engine.collect import collect
+from megatron_tulu.engine.context_parallel import gather_seq
 from megatron_tulu.engine.forward import ForwardStep
 from megatron_tulu.engine.microbatch import MicroBatch, shift_rows, slice_rows
 from megatron_tulu.engine.schedule import Runnable, forward_backward
@@ -107,9 +114,12 @@ def forward_per_token(
     """[N, L-1] per-token values of report ``key`` for all rows, on every rank and on the CPU
     beside the rollout batch (rewards, advantages and the mini-batches are made there; the step
     moves each micro-batch to the model's device): each DP rank runs its share forward-only,
-    then the results leave the last stage and are gathered over the model's DP group."""
+    then the results leave the last stage, are gathered over the model's DP group and, under
+    context parallelism, over its CP group along the sequence (every micro-batch has the
+    rollout width, so the collected rows [N, (L-1) / cp] share one chunk layout)."""
     fdims = layout_for_rows(model.dims, batch.num_rows)
     mine = rank_rows(model, range(batch.num_rows))
     micro = micro_batches(batch, mine, fdims.micro_batch_size)
     reports = forward_backward(model, micro, forward_step=step, forward_only=True, dims=fdims)
-    return collect(reports, key, model.pg, dp="gather").cpu()
+    local = collect(reports, key, model.pg, dp="gather")
+    return gather_seq(local, getattr(model.pg, "cp", None), dim=1).cpu()

@@ -3,7 +3,8 @@
 helper-sized checkpoint).
 
 Policy and reference share the trainer's parallel layout; the value model shares it too, or runs
-on its own groups with ``value.tp`` (TP ``value.tp``, no pipeline, DP over the rest). Initial
+on its own groups with ``value.tp`` (TP ``value.tp``, no pipeline, DP over the rest; not with
+context parallelism, whose sequence split and loss reductions are the trainer's). Initial
 weights come from ``training.init_from_native`` or ``training.init_from_hf`` (the SFT/DPO
 checkpoint); the value body from ``value.init_*``. With ``training.offload_reference`` the
 reference's weights stay in host memory between its forward passes (:func:`engine.build.on_device`
@@ -105,6 +106,11 @@ def build_value(recipe: RecipeConfig, dims: ParallelDims, options: BuildOptions)
     v = recipe.value
     model = value_model_config(recipe)
     pg = None
+    if v.tp is not None and dims.cp > 1:  # RecipeConfig.resolve_parallel refuses it first
+        raise ValueError(
+            f"value.tp ({v.tp}) with parallel.cp ({dims.cp}) > 1: the value model's own groups "
+            f"have no context parallelism; leave value.tp unset (the trainer's layout)"
+        )
     if v.tp is not None:
         groups = build_model_groups(
             v.tp, micro_batch_size=dims.micro_batch_size, global_batch_size=dims.global_batch_size

@@ -19,6 +19,7 @@ saving and the summary are the shared loop's (:func:`megatron_tulu.stages.loop.r
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import torch.distributed as dist
 
 from megatron_tulu.checkpoint.native import load_checkpoint, save_checkpoint
-from megatron_tulu.config import RecipeConfig, recipe_to_dict
+from megatron_tulu.config import ParallelDims, RecipeConfig, recipe_to_dict
 from megatron_tulu.data.chat_templates import get_chat_template
 from megatron_tulu.data.sampler import ShardedSampler
 from megatron_tulu.data.tokenizers import load_tokenizer
@@ -102,6 +103,13 @@ def _default_eval_file(data_dir: Path) -> str:
     return str(valid if valid.exists() else data_dir / "eval.jsonl")
 
 
+def rollout_width_multiple(dims: ParallelDims) -> int:
+    """What the rollout batch's token width (``L - 1``) is rounded up to: 8, and a multiple of
+    ``2 * cp`` (context parallelism's chunks) whose ``1 / cp`` share still splits over ``tp``
+    (sequence parallelism cuts each CP rank's positions over the TP ranks)."""
+    return math.lcm(8, dims.tp * dims.cp, 2 * dims.cp)
+
+
 def prompt_stream(num_prompts: int, per_step: int, seed: int) -> ShardedSampler:
     """The RL prompts as the data stream every stage reads (:class:`ShardedSampler`: a seeded
     permutation per pass over the data); rank 0 draws whole steps from it."""
@@ -144,12 +152,6 @@ class RLVRStage:
 
     def setup(self, resume_step: int | None) -> int:
         recipe, t, dims = self.recipe, self.t, self.ctx.dims
-        if dims.cp > 1:  # RecipeConfig.resolve_parallel refuses it first; a built layout too
-            raise ValueError(
-                f"parallel.cp ({dims.cp}) > 1: the RLVR stage does not gather its per-token "
-                "passes (old/reference log-probs, values, PPO/GRPO losses) over cp ranks; "
-                "context parallelism runs for pretrain, sft and dpo. Set parallel.cp to 1"
-            )
         options = BuildOptions(precision=t.precision, recompute=t.recompute, attention=t.attention)
         self.policy = build_policy(recipe, dims, options)
         self.value = build_value(recipe, dims, options) if self.ppo else None
@@ -218,7 +220,7 @@ class RLVRStage:
         t_gen = time.perf_counter() - t0
         batch = build_rollout_batch(
             rollouts.prompt_ids, rollouts.response_ids, rollouts.vllm_logprobs,
-            pad_id=self.tokenizer.pad_id, multiple=max(8, self.ctx.dims.tp),
+            pad_id=self.tokenizer.pad_id, multiple=rollout_width_multiple(self.ctx.dims),
         )  # fmt: skip
         outcome = learn(
             self.recipe, step, rollouts, batch, policy=self.policy, value=self.value,
