@@ -14,8 +14,9 @@ load-balanced chunks over ``cp`` ranks (rank r holds chunks r and 2cp-1-r; see
 (not tested here: no TE/CUDA on the CI machine); without TE the SDPA core attention does
 (K/V all-gathered over the cp ranks), and megatron's local DotProductAttention refuses it
 (:func:`megatron_tulu.models.llama.build_model_chunks`). The stages split each micro-batch over
-the cp ranks and reduce per-row results over them for pretrain, SFT and DPO; RLVR refuses
-cp > 1 (docs/architecture.md, "Context parallelism").
+the cp ranks and reduce per-row results over them for pretrain, SFT, DPO and RLVR (whose
+per-token passes are gathered over CP; PPO's value model then runs on the trainer's layout, not
+on its own ``value.tp`` groups; docs/architecture.md, "Context parallelism").
 
 Uneven pipeline stages (``first_stage_layers`` / ``last_stage_layers``) are megatron-core's
 ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``: the first and

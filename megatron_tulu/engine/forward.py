@@ -9,9 +9,12 @@ forward-only measurement (``measure(batch, output) -> tensor``, reported under a
 
 Context parallelism: the step cuts each micro-batch for this CP rank
 (:func:`megatron_tulu.engine.context_parallel.split_for_cp`) before the model, so a loss sees
-the local batch; its per-row sums are made whole over CP inside the loss
-(:func:`megatron_tulu.losses.logprobs.sequence_logprobs`), so every CP rank returns the same
-loss, count and report. megatron then sums ``count`` over the data x context-parallel group
+the local batch; its sums are made whole over CP inside the loss
+(:func:`megatron_tulu.losses.logprobs.sequence_logprobs`; the PPO/GRPO losses of
+:mod:`megatron_tulu.losses.ppo`), so every CP rank returns the same loss, count and report.
+A forward-only measurement reports this CP rank's positions; per-token results are gathered by
+the caller (:func:`megatron_tulu.engine.context_parallel.gather_seq`).
+megatron then sums ``count`` over the data x context-parallel group
 (``finalize_model_grads`` all-reduces ``num_tokens`` over dp_cp) to divide the gradients, so the
 count must enter once per CP group: the step zeroes it on CP ranks other than 0. Reports are
 summed over DP only (:mod:`.collect`), so they stay as computed.

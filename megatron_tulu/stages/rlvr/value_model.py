@@ -9,7 +9,9 @@ a fresh head on a reward-model body would be fine-tuned from.
 
 Layout: by default the helper runs on the trainer's TP/PP/DP layout; with ``value.tp`` it runs
 on its own groups (TP ``value.tp``, no pipeline, DP over the rest; see
-:mod:`megatron_tulu.parallel.model_groups`). Its size (layers, width) is its own either way.
+:mod:`megatron_tulu.parallel.model_groups`; those groups have no context parallelism, so
+with ``parallel.cp > 1`` it must be on the trainer's layout). Its size (layers, width) is its
+own either way.
 """
 
 from __future__ import annotations
