@@ -14,6 +14,8 @@ apex or vLLM). Each check runs in its own process with a time limit and prints o
 - environment: versions, the GPU, and the device-to-device copy bandwidth (the reference the
   token log-prob kernel's bandwidth is read against);
 - kernels: the Triton kernel tests (tests/kernels) on CUDA;
+- fused_bench: the fused RMSNorm / SwiGLU kernels against the unfused torch code
+  (benchmarks/kernels/bench_fused_gpu.py; the model uses the fused ones on CUDA by default);
 - parity_fp32 / parity_bf16: a random-weight HF Llama loaded at TP1, logits and one training step
   (loss, gradient norm) against transformers in fp32 on the CPU; bf16 with fp32 master weights;
 - sdpa_parity: the same with the SDPA core attention (models/sdpa_attention.py);
@@ -124,9 +126,33 @@ def _kernels(a: argparse.Namespace, work: Path) -> list[str] | None:
     return _py("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels")
 
 
+def _fused_bench(a: argparse.Namespace, work: Path) -> list[str] | None:
+    if a.smoke:
+        return None
+    return _py("benchmarks/kernels/bench_fused_gpu.py", "--reps", "20",
+               "--out", str(work / "bench-fused.json"))  # fmt: skip
+
+
+def _fused_summary(out: str) -> str:
+    start = out.find("{")
+    try:
+        rows = json.loads(out[start:])["rows"] if start >= 0 else []
+    except (ValueError, KeyError):
+        return ""
+    times = {(r["op"], r.get("hidden", r.get("ffn")), r["backend"]): r["forward_backward_ms"]
+             for r in rows}  # fmt: skip
+    parts = [
+        f"{op}{width} x{times[(op, width, 'torch')] / t:.2f}"
+        for (op, width, backend), t in times.items()
+        if backend == "triton" and (op, width, "torch") in times
+    ]
+    return "fused fwd+bwd speed-up vs torch: " + " ".join(parts) if parts else ""
+
+
 CHECKS = [
     Check("environment", 120, _self("environment"), parse=_result_line),
     Check("kernels", 300, _kernels, "CPU smoke: CI runs them under the interpreter"),
+    Check("fused_bench", 180, _fused_bench, "CPU smoke: needs CUDA", parse=_fused_summary),
     Check("parity_fp32", 240, _self("parity", "--precision", "fp32"), parse=_result_line),
     Check("parity_bf16", 240, _self("parity", "--precision", "bf16"), parse=_result_line),
     Check(

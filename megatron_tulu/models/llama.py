@@ -3,7 +3,8 @@
 The model is written once: megatron-core's ``GPTModel`` with Llama's choices (GQA, SwiGLU,
 RMSNorm, no biases, untied embeddings, RoPE theta 500000 with llama3 frequency scaling). Which
 layer implementation runs is a spec decision: Transformer Engine's layers when TE imports on a
-CUDA machine, megatron-core's local layers (plus our :class:`LlamaRMSNorm`) otherwise.
+CUDA machine, megatron-core's local layers (plus our :class:`LlamaRMSNorm` and
+:class:`SwiGLUMLP`) otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_tulu.config import ModelConfig, ParallelDims
 from megatron_tulu.config.training import ATTENTION_BACKENDS
+from megatron_tulu.models.mlp import SwiGLUMLP
 from megatron_tulu.models.norm import LlamaRMSNorm
 from megatron_tulu.models.rope import llama3_inv_freq
 from megatron_tulu.models.sdpa_attention import SDPAttention
@@ -142,8 +144,9 @@ def transformer_config(
 def layer_spec(
     config: TransformerConfig, options: BuildOptions, vp_stage: int | None, pp_rank: int | None
 ):
-    """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm (and SDPA core
-    attention where ``options.sdpa(cp)``)."""
+    """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm and SwiGLU MLP
+    (fused Triton kernels on CUDA, see ops/fused.py) and SDPA core attention where
+    ``options.sdpa(cp)``."""
     if options.te():
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
@@ -153,6 +156,7 @@ def layer_spec(
     local = get_gpt_layer_local_spec(normalization="RMSNorm")
     local.submodules.input_layernorm = LlamaRMSNorm
     local.submodules.pre_mlp_layernorm = LlamaRMSNorm
+    local.submodules.mlp.module = SwiGLUMLP
     if options.sdpa(config.context_parallel_size):
         local.submodules.self_attention.submodules.core_attention = SDPAttention
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)

@@ -4,8 +4,8 @@ megatron-core's local spec wraps ``torch.nn.RMSNorm`` and refuses sequence paral
 This norm computes exactly what Hugging Face's ``LlamaRMSNorm`` computes (normalise in fp32, cast
 back, then scale) and marks its weight ``sequence_parallel`` so that megatron's
 ``finalize_model_grads`` all-reduces its gradient over the tensor-parallel group when the
-activations are sequence-sharded. The math runs through :func:`megatron_tulu.ops.norm.rms_norm`:
-the fused Triton kernel on CUDA, the unfused torch code on CPU (``MEGATRON_TULU_NORM_BACKEND``
+activations are sequence-sharded. The math runs through :func:`megatron_tulu.ops.fused.rms_norm`:
+the fused Triton kernel on CUDA, the unfused torch code on CPU (``MEGATRON_TULU_FUSED_BACKEND``
 overrides the choice).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_tulu.ops.norm import rms_norm
+from megatron_tulu.ops.fused import rms_norm
 
 
 class LlamaRMSNorm(torch.nn.Module):

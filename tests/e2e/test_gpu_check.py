@@ -39,3 +39,22 @@ def test_one_check_through_the_driver(tmp_path: Path) -> None:
     assert "gpu_check: 1 checks passed, 0 failed, 1 skipped" in res.stdout
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["status"] for r in report["checks"]] == ["PASS", "SKIP"]
+
+
+def test_fused_bench_summary_line() -> None:
+    """The fused_bench line reads the benchmark's JSON (written by hand here, not by the bench)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_tool", ROOT / "tools/gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_tool"] = tool  # its dataclasses look their module up
+    spec.loader.exec_module(tool)
+    rows = [
+        {"op": "rmsnorm", "hidden": 4096, "backend": "torch", "forward_backward_ms": 3.0},
+        {"op": "rmsnorm", "hidden": 4096, "backend": "triton", "forward_backward_ms": 1.0},
+        {"op": "swiglu", "ffn": 14336, "backend": "torch", "forward_backward_ms": 5.0},
+        {"op": "swiglu", "ffn": 14336, "backend": "triton", "forward_backward_ms": 4.0},
+    ]
+    line = tool._fused_summary("log line\n" + json.dumps({"rows": rows}))
+    assert line == "fused fwd+bwd speed-up vs torch: rmsnorm4096 x3.00 swiglu14336 x1.25"
+    assert tool._fused_summary("no json here") == ""

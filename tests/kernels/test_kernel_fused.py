@@ -1,4 +1,4 @@
-"""Fused RMSNorm (kernels/rmsnorm.py via megatron_tulu.ops.norm) vs Hugging Face's LlamaRMSNorm.
+"""Fused RMSNorm (kernels/rmsnorm.py via megatron_tulu.ops.fused) vs Hugging Face's LlamaRMSNorm.
 
 The Triton kernels run under the interpreter on a spawned rank (rmsnorm_cases.py); the reference
 is ``LlamaRMSNorm.forward`` written out here and differentiated by torch autograd.
@@ -13,13 +13,24 @@ Tolerances (max |a - b| <= atol + rtol |b|):
   dw sums up to 37 rows whose terms each carry a conversion: atol 5e-2, rtol 2^-6. A missing rstd
   factor, a wrong mean or a wrong weight moves values by O(10%) or more. On CUDA (the skipped-here
   test) conversions round, and the same bounds hold with room.
+
+SwiGLU tolerances: fp32, the same function with sigmoid/exp from another library: atol 1e-6, rtol
+1e-5. bf16: torch rounds silu(a) to bf16 before the product, the kernel converts once
+(truncating under the interpreter): y and dx within two bf16 steps, rtol 2^-6 (atol 1e-2 for
+values near 0 after cancellation in the backward's 1 + a (1 - s)).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from rmsnorm_cases import all_cases, case_inputs, run_triton_cases
+from fused_cases import (
+    all_cases,
+    case_inputs,
+    run_triton_cases,
+    swiglu_cases,
+    swiglu_inputs,
+)
 
 from megatron_tulu.platform.spawn import run_ranks
 
@@ -34,7 +45,7 @@ def reference(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def triton_results() -> dict[str, object]:
-    return run_ranks(run_triton_cases, 1, CASES)[0]
+    return run_ranks(run_triton_cases, 1, CASES, swiglu_cases())[0]
 
 
 def test_kernels_were_interpreted(triton_results) -> None:
@@ -44,6 +55,7 @@ def test_kernels_were_interpreted(triton_results) -> None:
 def test_backend_choice(triton_results) -> None:
     assert triton_results["_env_grad_fn"] == "RMSNormFunctionBackward"
     assert triton_results["_auto_grad_fn"] != "RMSNormFunctionBackward"  # auto: torch on CPU
+    assert triton_results["_env_glu_grad_fn"] == "SwiGLUFunctionBackward"
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -68,27 +80,66 @@ def test_rmsnorm_matches_hf(case, triton_results) -> None:
     torch.testing.assert_close(got["dw"].float(), w.grad.float(), **tol_dw)
 
 
+def reference_swiglu(x: torch.Tensor) -> torch.Tensor:
+    gate, up = torch.chunk(x, 2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+@pytest.mark.parametrize("case", swiglu_cases(), ids=str)
+def test_swiglu_matches_megatron(case, triton_results) -> None:
+    shape, half, dtype, seed = case
+    x, dy = swiglu_inputs(shape, half, dtype, seed)
+    x.requires_grad_()
+    want = reference_swiglu(x)
+    want.backward(dy)
+    got = triton_results["swiglu" + str(case)]
+    assert got["y"].dtype == want.dtype and got["y"].shape == want.shape
+    assert got["dx"].dtype == x.dtype and got["dx"].shape == x.shape
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == "float32" else {"atol": 1e-2, "rtol": 2**-6}
+    torch.testing.assert_close(got["y"].float(), want.detach().float(), **tol)
+    torch.testing.assert_close(got["dx"].float(), x.grad.float(), **tol)
+
+
+def test_swiglu_rejects_odd_width() -> None:
+    from kernels.swiglu import SwiGLUFunction
+
+    with pytest.raises(ValueError, match=r"last dim \(7\) must be even"):
+        SwiGLUFunction.apply(torch.zeros(2, 7))
+
+
+def test_swiglu_mlp_refuses_other_configs() -> None:
+    from types import SimpleNamespace
+
+    from megatron_tulu.models.mlp import SwiGLUMLP
+
+    config = SimpleNamespace(
+        gated_linear_unit=True, activation_func=torch.nn.functional.gelu, add_bias_linear=False
+    )
+    with pytest.raises(ValueError, match="activation_func=<function silu"):
+        SwiGLUMLP(config, None)
+
+
 def test_rmsnorm_rejects_bad_weight() -> None:
     from kernels.rmsnorm import _check
 
     with pytest.raises(ValueError, match=r"weight shape \(7,\) does not match .* \(8\)"):
         _check(torch.zeros(2, 8), torch.ones(7))
-    with pytest.raises(ValueError, match="MEGATRON_TULU_NORM_BACKEND is 'fast'"):
+    with pytest.raises(ValueError, match="MEGATRON_TULU_FUSED_BACKEND is 'fast'"):
         import os
 
-        from megatron_tulu.ops.norm import NORM_BACKEND_ENV, resolve_norm_backend
+        from megatron_tulu.ops.fused import FUSED_BACKEND_ENV, resolve_fused_backend
 
-        os.environ[NORM_BACKEND_ENV] = "fast"
+        os.environ[FUSED_BACKEND_ENV] = "fast"
         try:
-            resolve_norm_backend(None, torch.device("cpu"))
+            resolve_fused_backend(None, torch.device("cpu"))
         finally:
-            del os.environ[NORM_BACKEND_ENV]
+            del os.environ[FUSED_BACKEND_ENV]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU runs: interpreter)")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_rmsnorm_cuda(dtype: str) -> None:
-    from megatron_tulu.ops.norm import rms_norm
+    from megatron_tulu.ops.fused import rms_norm
 
     x, w, dy = case_inputs((64, 33), 4096, dtype, dtype, 5)
     x, w, dy = x.cuda().requires_grad_(), w.cuda().requires_grad_(), dy.cuda()
@@ -104,16 +155,16 @@ def test_rmsnorm_cuda(dtype: str) -> None:
     torch.testing.assert_close(grads[1].float(), w.grad.float(), atol=0.5, rtol=rtol)
 
 
-def test_model_with_fused_norm_matches_hf(tmp_path, monkeypatch) -> None:
-    """The whole tiny model with every RMSNorm through the Triton kernels (interpreted, forced by
-    the environment variable in the spawned rank) against HF transformers, forward and one SGD
-    step, with test_parity.py's bounds (logits 1e-4, loss 1e-5, grad norm rel 1e-5, weights
-    after a step of lr 1 -- the gradients -- 1e-6). On CPU without the interpreter the Triton
-    path raises, so passing means the kernels ran."""
+def test_model_with_fused_kernels_matches_hf(tmp_path, monkeypatch) -> None:
+    """The whole tiny model with every RMSNorm and SwiGLU through the Triton kernels
+    (interpreted, forced by the environment variable in the spawned rank) against HF
+    transformers, forward and one SGD step, with test_parity.py's bounds (logits 1e-4, loss
+    1e-5, grad norm rel 1e-5, weights after a step of lr 1 -- the gradients -- 1e-6). On CPU
+    without the interpreter the Triton path raises, so passing means the kernels ran."""
     from mt_testing.parity import fixed_tokens, hf_reference, layout_worker, make_random_hf_dir
 
     from megatron_tulu.config import OptimizerConfig, model_preset
-    from megatron_tulu.ops.norm import NORM_BACKEND_ENV
+    from megatron_tulu.ops.fused import FUSED_BACKEND_ENV
 
     model = model_preset("tiny")
     sgd = OptimizerConfig(
@@ -123,7 +174,7 @@ def test_model_with_fused_norm_matches_hf(tmp_path, monkeypatch) -> None:
     tokens = fixed_tokens(model, rows=4, seq_plus_one=33)
     ref = hf_reference(hf_dir=hf_dir, tokens=tokens, optimizer=sgd)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # for the spawned rank only: it starts fresh
-    monkeypatch.setenv(NORM_BACKEND_ENV, "triton")
+    monkeypatch.setenv(FUSED_BACKEND_ENV, "triton")
     run = run_ranks(
         layout_worker, 1, model=model, hf_dir=hf_dir, tp=1, pp=1, vpp=None, tokens=tokens,
         micro_batch_size=2, optimizer=sgd,

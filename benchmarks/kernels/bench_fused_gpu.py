@@ -1,17 +1,20 @@
 #!/usr/bin/env python
-"""RMSNorm on one CUDA GPU: the fused Triton kernel (kernels/rmsnorm.py) vs the unfused torch code
-(Hugging Face's LlamaRMSNorm, what the local spec ran before), forward and forward + backward.
+"""RMSNorm and SwiGLU on one CUDA GPU: the fused Triton kernels (kernels/rmsnorm.py,
+kernels/swiglu.py) vs the unfused torch code (Hugging Face's LlamaRMSNorm; megatron's
+``silu(gate) * up``: what the local spec ran before), forward and forward + backward.
 
-Rows x hidden as in an 8B / 70B / 405B layer (4 x 4,096 tokens; H = 4,096, 8,192, 16,384), bf16
-activations and weights. Times are CUDA-event medians over ``--reps`` after warm-up; bandwidth is
-the minimum traffic (forward: read x and w, write y; backward: read x, dy, w, write dx, plus
-the fp32 partial dw and rstd) over the time, against the device copy bandwidth measured here with
-a large ``copy_``. Writes JSON to stdout (or ``--out``) with the GPU, versions and date.
+Rows x width as in an 8B / 70B / 405B layer (4 x 4,096 tokens; RMSNorm H = 4,096, 8,192,
+16,384; SwiGLU over [gate | up] of 2 x 14,336, the 8B FFN at TP1), bf16 activations and weights.
+Times are CUDA-event medians over ``--reps`` after warm-up. Bandwidth is the minimum traffic over
+the time (RMSNorm forward: read x and w, write y; backward: read x, dy and w, write dx, the fp32
+partial dw and rstd. SwiGLU: read x, write y; then read x and dy, write dx), to be read against
+the device copy bandwidth measured here with a large ``copy_``. Writes JSON to stdout (or
+``--out``) with the GPU, versions and date.
 
 NOT RUN YET: no GPU has been lent to this project since this script was written; it needs CUDA
-and refuses to run without it. CPU correctness: tests/kernels/test_kernel_rmsnorm.py.
+and refuses to run without it. CPU correctness: tests/kernels/test_kernel_fused.py.
 
-    python benchmarks/kernels/bench_rmsnorm_gpu.py [--reps 50] [--out FILE]
+    python benchmarks/kernels/bench_fused_gpu.py [--reps 50] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("bench_rmsnorm_gpu.py needs a CUDA GPU (CPU: see the kernel tests)")
-    from megatron_tulu.ops.norm import rms_norm
+        raise SystemExit("bench_fused_gpu.py needs a CUDA GPU (CPU: see the kernel tests)")
+    from megatron_tulu.ops.fused import rms_norm, swiglu
 
     rows = []
     for hidden in HIDDENS:
@@ -82,12 +85,34 @@ def main() -> None:
 
             t_fwd, t_all = _time(fwd, args.reps), _time(fwd_bwd, args.reps)
             rows.append({
-                "hidden": hidden, "backend": backend, "forward_ms": 1e3 * t_fwd,
+                "op": "rmsnorm", "hidden": hidden, "backend": backend, "forward_ms": 1e3 * t_fwd,
                 "forward_backward_ms": 1e3 * t_all, "forward_GBps": fwd_bytes / t_fwd / 1e9,
                 "forward_backward_GBps": (fwd_bytes + bwd_bytes) / t_all / 1e9,
             })  # fmt: skip
+    ffn = 14336
+    x = torch.randn(TOKENS, 2 * ffn, device="cuda", dtype=torch.bfloat16)
+    xg = x.clone().requires_grad_()
+    dy = torch.randn(TOKENS, ffn, device="cuda", dtype=torch.bfloat16)
+    elem = 2  # bytes per bf16 value
+    fwd_bytes = elem * TOKENS * 3 * ffn
+    bwd_bytes = elem * TOKENS * 5 * ffn
+    for backend in ("torch", "triton"):
+
+        def glu_fwd(backend=backend, x=x):
+            with torch.no_grad():
+                swiglu(x, backend=backend)
+
+        def glu_fwd_bwd(backend=backend, xg=xg, dy=dy):
+            swiglu(xg, backend=backend).backward(dy)
+
+        t_fwd, t_all = _time(glu_fwd, args.reps), _time(glu_fwd_bwd, args.reps)
+        rows.append({
+            "op": "swiglu", "ffn": ffn, "backend": backend, "forward_ms": 1e3 * t_fwd,
+            "forward_backward_ms": 1e3 * t_all, "forward_GBps": fwd_bytes / t_fwd / 1e9,
+            "forward_backward_GBps": (fwd_bytes + bwd_bytes) / t_all / 1e9,
+        })  # fmt: skip
     result = {
-        "command": "python benchmarks/kernels/bench_rmsnorm_gpu.py",
+        "command": "python benchmarks/kernels/bench_fused_gpu.py",
         "date": date.today().isoformat(),
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -1,0 +1,50 @@
+"""The model's fused elementwise ops for the local layer spec: RMSNorm and SwiGLU, each through a
+Triton kernel (:mod:`kernels.rmsnorm`, :mod:`kernels.swiglu`) or its unfused torch reference.
+
+Both paths compute the same function (the kernels' docstrings state the exact semantics: Hugging
+Face's ``LlamaRMSNorm``; megatron's ``silu(gate) * up``). Backends: ``"triton"`` (CUDA, or CPU
+under the Triton interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported) and
+``"torch"``. ``"auto"`` picks triton for CUDA tensors and torch otherwise; force one with
+``backend=`` or the environment variable ``MEGATRON_TULU_FUSED_BACKEND`` (the argument wins).
+The Triton paths are tested against the references under the interpreter on CPU; their GPU speed
+is not measured yet (no GPU lent so far; ``benchmarks/kernels/bench_fused_gpu.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels.rmsnorm import rms_norm_torch, rms_norm_triton
+from kernels.swiglu import swiglu_torch, swiglu_triton
+
+FUSED_BACKEND_ENV = "MEGATRON_TULU_FUSED_BACKEND"
+_BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_fused_backend(backend: str | None, device: torch.device) -> str:
+    """The backend, "triton" or "torch", for ``device``; None reads ``FUSED_BACKEND_ENV``."""
+    source = "backend" if backend is not None else FUSED_BACKEND_ENV
+    choice = backend if backend is not None else os.environ.get(FUSED_BACKEND_ENV, "auto")
+    if choice not in _BACKENDS:
+        raise ValueError(f"{source} is {choice!r}: use one of {', '.join(_BACKENDS)}")
+    if choice == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return choice
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, *, backend: str | None = None
+) -> torch.Tensor:
+    """``weight * (x.float() * rsqrt(mean(x^2) + eps)).to(x.dtype)`` over the last dim."""
+    if resolve_fused_backend(backend, x.device) == "triton":
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_torch(x, weight, eps)
+
+
+def swiglu(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``silu(a) * b`` for ``x = [a | b]`` (halves of the last dim)."""
+    if resolve_fused_backend(backend, x.device) == "triton":
+        return swiglu_triton(x)
+    return swiglu_torch(x)
