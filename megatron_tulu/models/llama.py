@@ -142,7 +142,11 @@ def transformer_config(
 
 
 def layer_spec(
-    config: TransformerConfig, options: BuildOptions, vp_stage: int | None, pp_rank: int | None
+    config: TransformerConfig,
+    options: BuildOptions,
+    vp_stage: int | None,
+    pp_rank: int | None,
+    pg: ProcessGroupCollection | None = None,
 ):
     """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm and SwiGLU MLP
     (fused Triton kernels on CUDA, see ops/fused.py) and SDPA core attention where
@@ -157,6 +161,10 @@ def layer_spec(
     local.submodules.input_layernorm = LlamaRMSNorm
     local.submodules.pre_mlp_layernorm = LlamaRMSNorm
     local.submodules.mlp.module = SwiGLUMLP
+    if pg is not None:
+        # megatron's TransformerLayer hands its TP group only to an MLP of exactly class MLP; a
+        # model on its own groups (the value helper at value.tp) passes it through the spec.
+        local.submodules.mlp.params = {"tp_group": pg.tp}
     if options.sdpa(config.context_parallel_size):
         local.submodules.self_attention.submodules.core_attention = SDPAttention
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
@@ -212,7 +220,7 @@ def build_model_chunks(
         chunk = GPTModel(
             config=config,
             transformer_layer_spec=layer_spec(
-                config, options, vp_stage, None if pg is None else pg.pp.rank()
+                config, options, vp_stage, None if pg is None else pg.pp.rank(), pg
             ),
             vocab_size=model.padded_vocab_size(dims.tp),
             max_sequence_length=model.max_position_embeddings,
