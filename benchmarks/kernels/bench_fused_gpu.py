@@ -64,53 +64,45 @@ def main() -> None:
         raise SystemExit("bench_fused_gpu.py needs a CUDA GPU (CPU: see the kernel tests)")
     from megatron_tulu.ops.fused import rms_norm, swiglu
 
-    rows = []
-    for hidden in HIDDENS:
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(TOKENS, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
-        w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        dy = torch.randn_like(x)
+    def measure(name: str, width: dict, op, x, dy, fwd_bytes: int, bwd_bytes: int) -> list:
+        """Forward and forward + backward of ``op(x, backend)`` for both backends."""
         xg = x.clone().requires_grad_()
-        elem = x.numel() * x.element_size()
-        fwd_bytes = 2 * elem + 2 * hidden
-        bwd_bytes = 3 * elem + 2 * hidden + 4 * TOKENS
+        out = []
         for backend in ("torch", "triton"):
 
-            def fwd(backend=backend, x=x, w=w):
+            def fwd(backend=backend):
                 with torch.no_grad():
-                    rms_norm(x, w, 1e-5, backend=backend)
+                    op(x, backend)
 
-            def fwd_bwd(backend=backend, xg=xg, w=w, dy=dy):
-                rms_norm(xg, w, 1e-5, backend=backend).backward(dy)
+            def fwd_bwd(backend=backend):
+                op(xg, backend).backward(dy)
 
             t_fwd, t_all = _time(fwd, args.reps), _time(fwd_bwd, args.reps)
-            rows.append({
-                "op": "rmsnorm", "hidden": hidden, "backend": backend, "forward_ms": 1e3 * t_fwd,
+            out.append({
+                "op": name, **width, "backend": backend, "forward_ms": 1e3 * t_fwd,
                 "forward_backward_ms": 1e3 * t_all, "forward_GBps": fwd_bytes / t_fwd / 1e9,
                 "forward_backward_GBps": (fwd_bytes + bwd_bytes) / t_all / 1e9,
             })  # fmt: skip
+        return out
+
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for hidden in HIDDENS:
+        x = torch.randn(TOKENS, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+        w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        elem = x.numel() * x.element_size()
+        rows += measure(
+            "rmsnorm", {"hidden": hidden},
+            lambda t, backend, w=w: rms_norm(t, w, 1e-5, backend=backend),
+            x, torch.randn_like(x), 2 * elem + 2 * hidden, 3 * elem + 2 * hidden + 4 * TOKENS,
+        )  # fmt: skip
     ffn = 14336
-    x = torch.randn(TOKENS, 2 * ffn, device="cuda", dtype=torch.bfloat16)
-    xg = x.clone().requires_grad_()
-    dy = torch.randn(TOKENS, ffn, device="cuda", dtype=torch.bfloat16)
-    elem = 2  # bytes per bf16 value
-    fwd_bytes = elem * TOKENS * 3 * ffn
-    bwd_bytes = elem * TOKENS * 5 * ffn
-    for backend in ("torch", "triton"):
-
-        def glu_fwd(backend=backend, x=x):
-            with torch.no_grad():
-                swiglu(x, backend=backend)
-
-        def glu_fwd_bwd(backend=backend, xg=xg, dy=dy):
-            swiglu(xg, backend=backend).backward(dy)
-
-        t_fwd, t_all = _time(glu_fwd, args.reps), _time(glu_fwd_bwd, args.reps)
-        rows.append({
-            "op": "swiglu", "ffn": ffn, "backend": backend, "forward_ms": 1e3 * t_fwd,
-            "forward_backward_ms": 1e3 * t_all, "forward_GBps": fwd_bytes / t_fwd / 1e9,
-            "forward_backward_GBps": (fwd_bytes + bwd_bytes) / t_all / 1e9,
-        })  # fmt: skip
+    x = torch.randn(TOKENS, 2 * ffn, device="cuda", dtype=torch.bfloat16, generator=gen)
+    dy = torch.randn(TOKENS, ffn, device="cuda", dtype=torch.bfloat16, generator=gen)
+    rows += measure(
+        "swiglu", {"ffn": ffn}, lambda t, backend: swiglu(t, backend=backend),
+        x, dy, 2 * TOKENS * 3 * ffn, 2 * TOKENS * 5 * ffn,
+    )  # fmt: skip
     result = {
         "command": "python benchmarks/kernels/bench_fused_gpu.py",
         "date": date.today().isoformat(),

@@ -12,26 +12,18 @@ is not measured yet (no GPU lent so far; ``benchmarks/kernels/bench_fused_gpu.py
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from kernels.rmsnorm import rms_norm_torch, rms_norm_triton
 from kernels.swiglu import swiglu_torch, swiglu_triton
+from megatron_tulu.ops.logprobs import resolve_backend
 
 FUSED_BACKEND_ENV = "MEGATRON_TULU_FUSED_BACKEND"
-_BACKENDS = ("auto", "triton", "torch")
 
 
 def resolve_fused_backend(backend: str | None, device: torch.device) -> str:
     """The backend, "triton" or "torch", for ``device``; None reads ``FUSED_BACKEND_ENV``."""
-    source = "backend" if backend is not None else FUSED_BACKEND_ENV
-    choice = backend if backend is not None else os.environ.get(FUSED_BACKEND_ENV, "auto")
-    if choice not in _BACKENDS:
-        raise ValueError(f"{source} is {choice!r}: use one of {', '.join(_BACKENDS)}")
-    if choice == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return choice
+    return resolve_backend(backend, device, env=FUSED_BACKEND_ENV)
 
 
 def rms_norm(

@@ -37,10 +37,11 @@ class LinearLogprobsOutput(NamedTuple):
     entropy: torch.Tensor | None  # [...] fp32, None unless with_entropy
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend ("triton" or "torch") for tensors on ``device``; None reads ``BACKEND_ENV``."""
-    source = "backend" if backend is not None else BACKEND_ENV
-    choice = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
+def resolve_backend(backend: str | None, device: torch.device, env: str = BACKEND_ENV) -> str:
+    """The backend ("triton" or "torch") for tensors on ``device``; None reads the environment
+    variable ``env`` (``BACKEND_ENV`` for these ops; ops/fused.py passes its own)."""
+    source = "backend" if backend is not None else env
+    choice = backend if backend is not None else os.environ.get(env, "auto")
     if choice not in _BACKENDS:
         raise ValueError(f"{source} is {choice!r}: use one of {', '.join(_BACKENDS)}")
     if choice == "auto":

@@ -104,13 +104,8 @@ def _worker(tp: int, pp: int, dp: int, cache_dir: str | None, online_step: bool)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def hf_dir(tmp_path_factory):
-    from megatron_tulu.models.synthetic import make_random_hf_dir
-
-    d = make_random_hf_dir(tmp_path_factory.mktemp("hf") / "hf", MODEL)
-    os.environ["MT_TEST_HF_DIR"] = str(d)
-    yield d
-    os.environ.pop("MT_TEST_HF_DIR", None)
+def hf_dir(hf_dir_env):
+    return hf_dir_env  # conftest.py: MODEL's random HF dir, exported as MT_TEST_HF_DIR
 
 
 def _hf_table(hf_dir) -> torch.Tensor:

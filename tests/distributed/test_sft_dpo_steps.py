@@ -125,13 +125,8 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def hf_dir(tmp_path_factory):
-    from megatron_tulu.models.synthetic import make_random_hf_dir
-
-    d = make_random_hf_dir(tmp_path_factory.mktemp("hf") / "hf", MODEL)
-    os.environ["MT_TEST_HF_DIR"] = str(d)
-    yield d
-    os.environ.pop("MT_TEST_HF_DIR", None)
+def hf_dir(hf_dir_env):
+    return hf_dir_env  # conftest.py: MODEL's random HF dir, exported as MT_TEST_HF_DIR
 
 
 def _run(world, *args):
