@@ -12,6 +12,9 @@ and all-reduces grad_hidden over the TP group, as megatron's output layer does f
 (``copy_to_tensor_model_parallel_region``): do not wrap ``hidden`` in that mapping as well.
 Extra memory: O(chunk_rows x V/t) plus the gradients of hidden and weight. grad_weight is
 accumulated in the weight's dtype across chunks (as Liger-Kernel's fused linear cross-entropy).
+``LinearLogprobSum`` is the variant for a known upstream gradient: it returns
+sum_i coeff_i * logp_i and makes the gradient in the forward with three GEMMs per chunk, no
+recompute (see its docstring).
 The per-chunk reductions use the Triton kernels (CUDA or interpreter) or the torch path; the
 GEMMs are torch's either way.
 """
@@ -125,10 +128,98 @@ class LinearLogprobs(torch.autograd.Function):
                     out=grad_logits, accumulate=grad_logp is not None, **opts,
                 )  # fmt: skip
             del logits
-            if grad_hidden is not None:
-                torch.mm(grad_logits, weight, out=grad_hidden[a:b])
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), hidden[a:b])
+            _input_grads(grad_logits, hidden, weight, a, b, grad_hidden, grad_weight)
         if grad_hidden is not None:
             all_reduce_(grad_hidden, dist.ReduceOp.SUM, group)
         return grad_hidden, grad_weight, *nones
+
+
+def _input_grads(
+    grad_logits: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    a: int,
+    b: int,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+) -> None:
+    """The two GEMMs of a chunk's logits gradient: grad_hidden[a:b] and grad_weight += ."""
+    if grad_hidden is not None:
+        torch.mm(grad_logits, weight, out=grad_hidden[a:b])
+    if grad_weight is not None:
+        grad_weight.addmm_(grad_logits.t(), hidden[a:b])
+
+
+class LinearLogprobSum(torch.autograd.Function):
+    """hidden [tokens, h], weight [V/t, h], labels [tokens], coeff [tokens] ->
+    (sum_i coeff_i * logp_i as an fp32 scalar, logp fp32 [tokens] without gradient).
+
+    The gradient is made in the forward, while each chunk's logits exist: the coefficients are
+    the upstream gradient of the log-probs, known before the forward whenever the loss is linear
+    in them with weights fixed in advance (SFT's masked token sum, DPO's second pass with
+    precomputed pair coefficients). Three GEMMs per chunk (logits, grad_hidden, grad_weight) as
+    the unfused path, where :class:`LinearLogprobs` needs a fourth (its backward recomputes the
+    logits because it cannot know the upstream gradient). The backward only scales the stored
+    gradients by the scalar upstream gradient, so it can run once (``retain_graph`` is refused).
+    The price: grad_weight [V/t, h] (in the weight's dtype) and grad_hidden exist from the
+    forward on, instead of from the backward on.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        coeff: torch.Tensor,
+        temperature: float,
+        vocab_size: int | None,
+        group: dist.ProcessGroup | None,
+        ignore_index: int,
+        backend: str,
+        chunk_rows: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if hidden.shape[-1] != weight.shape[-1]:
+            raise ValueError(
+                f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on the "
+                "hidden size (weight is this rank's [V/t, h] output-layer shard)"
+            )
+        num_rows, num_cols = hidden.shape[0], weight.shape[0]
+        shard = vocab_shard(num_cols, vocab_size, group)
+        rows = chunk_rows or default_linear_chunk_rows(num_rows, num_cols, hidden.shape[1])
+        labels = labels.contiguous()
+        ignored = labels == ignore_index
+        coeff = torch.where(ignored, 0.0, coeff.float()).contiguous()
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        opts = {"inv_temp": 1.0 / temperature, "backend": backend, "chunk_rows": rows}
+        logp = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+        for a, b in chunk_ranges(num_rows, rows):
+            logits = hidden[a:b] @ weight.t()
+            stats = logprob_stats(logits, labels[a:b], shard, **opts)
+            lse, logp[a:b] = combine_logprobs(stats, group)  # one TP all-reduce per chunk
+            if need_hidden or need_weight:
+                grad_logits = torch.empty_like(logits)
+                logprob_grad(logits, labels[a:b], lse, coeff[a:b], shard, out=grad_logits, **opts)
+                del logits
+                _input_grads(grad_logits, hidden, weight, a, b, grad_hidden, grad_weight)
+        if grad_hidden is not None:
+            all_reduce_(grad_hidden, dist.ReduceOp.SUM, group)
+        logp = torch.where(ignored, 0.0, logp)
+        ctx.grads = [grad_hidden, grad_weight]
+        ctx.mark_non_differentiable(logp)
+        return (coeff * logp).sum(), logp
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_total: torch.Tensor, _grad_logp: None
+    ):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "linear_logprob_sum: backward ran twice through the same forward (retain_graph);"
+                " its gradients were made in the forward and handed out once"
+            )
+        grads, ctx.grads = ctx.grads, None
+        scaled = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
+        return *scaled, *(None,) * 8

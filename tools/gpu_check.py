@@ -16,6 +16,9 @@ apex or vLLM). Each check runs in its own process with a time limit and prints o
 - kernels: the Triton kernel tests (tests/kernels) on CUDA;
 - fused_bench: the fused RMSNorm / SwiGLU kernels against the unfused torch code
   (benchmarks/kernels/bench_fused_gpu.py; the model uses the fused ones on CUDA by default);
+- logprobs_bench: token log-prob bandwidth against the copy bandwidth, and the fused output layer
+  + log-probs (recomputing, and with the gradient made in the forward) against eager torch at
+  V = 128,256 (benchmarks/kernels/bench_logprobs_gpu.py);
 - parity_fp32 / parity_bf16: a random-weight HF Llama loaded at TP1, logits and one training step
   (loss, gradient norm) against transformers in fp32 on the CPU; bf16 with fp32 master weights;
 - sdpa_parity: the same with the SDPA core attention (models/sdpa_attention.py);
@@ -149,10 +152,38 @@ def _fused_summary(out: str) -> str:
     return "fused fwd+bwd speed-up vs torch: " + " ".join(parts) if parts else ""
 
 
+def _logprobs_bench(a: argparse.Namespace, work: Path) -> list[str] | None:
+    if a.smoke:
+        return None
+    return _py("benchmarks/kernels/bench_logprobs_gpu.py", "--reps", "10",
+               "--out", str(work / "bench-logprobs.json"))  # fmt: skip
+
+
+def _logprobs_summary(out: str) -> str:
+    start = out.find("{")
+    try:
+        rows = json.loads(out[start:])["rows"] if start >= 0 else []
+    except (ValueError, KeyError):
+        return ""
+    parts = [f"token N{r['tokens']} fwd {r['forward_fraction_of_copy']:.0%} of copy"
+             for r in rows if r["part"] == "token_logprobs"]  # fmt: skip
+    for h in sorted({r["hidden"] for r in rows if r["part"] == "linear"}):
+        best = {}
+        for r in rows:
+            if r["part"] == "linear" and r["hidden"] == h:
+                ms = best.get(r["op"], (float("inf"), 0.0))[0]
+                if r["forward_backward_ms"] < ms:
+                    best[r["op"]] = (r["forward_backward_ms"], r["peak_gib"])
+        parts.append(f"h{h} " + " ".join(f"{op} {ms:.1f}ms/{gib:.2g}GiB"
+                                         for op, (ms, gib) in best.items()))  # fmt: skip
+    return "; ".join(parts)
+
+
 CHECKS = [
     Check("environment", 120, _self("environment"), parse=_result_line),
     Check("kernels", 300, _kernels, "CPU smoke: CI runs them under the interpreter"),
     Check("fused_bench", 180, _fused_bench, "CPU smoke: needs CUDA", parse=_fused_summary),
+    Check("logprobs_bench", 240, _logprobs_bench, "CPU smoke: needs CUDA", parse=_logprobs_summary),
     Check("parity_fp32", 240, _self("parity", "--precision", "fp32"), parse=_result_line),
     Check("parity_bf16", 240, _self("parity", "--precision", "bf16"), parse=_result_line),
     Check(

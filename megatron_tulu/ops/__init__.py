@@ -3,8 +3,10 @@
 from megatron_tulu.ops.logprobs import (
     BACKEND_ENV,
     LinearLogprobsOutput,
+    LinearLogprobSumOutput,
     entropy,
     kl,
+    linear_logprob_sum,
     linear_logprobs,
     resolve_backend,
     token_logprobs,
@@ -12,9 +14,11 @@ from megatron_tulu.ops.logprobs import (
 
 __all__ = [
     "BACKEND_ENV",
+    "LinearLogprobSumOutput",
     "LinearLogprobsOutput",
     "entropy",
     "kl",
+    "linear_logprob_sum",
     "linear_logprobs",
     "resolve_backend",
     "token_logprobs",

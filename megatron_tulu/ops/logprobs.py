@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from kernels.entropy import Entropy
 from kernels.kl import KLEstimator
-from kernels.linear_logprobs import LinearLogprobs
+from kernels.linear_logprobs import LinearLogprobs, LinearLogprobSum
 from kernels.logprobs import TokenLogprobs
 
 BACKEND_ENV = "MEGATRON_TULU_LOGPROBS_BACKEND"
@@ -35,6 +35,11 @@ _BACKENDS = ("auto", "triton", "torch")
 class LinearLogprobsOutput(NamedTuple):
     logprobs: torch.Tensor  # [...] fp32
     entropy: torch.Tensor | None  # [...] fp32, None unless with_entropy
+
+
+class LinearLogprobSumOutput(NamedTuple):
+    total: torch.Tensor  # fp32 scalar sum_i coeff_i * logp_i, differentiable
+    logprobs: torch.Tensor  # [...] fp32, no gradient
 
 
 def resolve_backend(backend: str | None, device: torch.device, env: str = BACKEND_ENV) -> str:
@@ -156,3 +161,38 @@ def linear_logprobs(
     return LinearLogprobsOutput(
         logp.view(labels.shape), ent.view(labels.shape) if with_entropy else None
     )
+
+
+def linear_logprob_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    coeff: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    tp_group: dist.ProcessGroup | None = None,
+    ignore_index: int = -100,
+    backend: str | None = None,
+    chunk_tokens: int | None = None,
+) -> LinearLogprobSumOutput:
+    """``sum(coeff * logp)`` of softmax(hidden @ weight^T / T), its gradient made in the forward.
+
+    For losses linear in the token log-probs with coefficients known before the forward (SFT:
+    ``-mask / count``; DPO's second pass: the pair coefficients). Same layout rules as
+    :func:`linear_logprobs`; one GEMM fewer than it, and no logits kept (see
+    ``kernels.linear_logprobs.LinearLogprobSum``). ``coeff`` has the labels' shape; ignored
+    tokens count 0 whatever their coefficient. Backward may run once.
+    """
+    _check_labels(labels, hidden.shape[:-1], "hidden states")
+    if coeff.shape != labels.shape:
+        raise ValueError(
+            f"coeff {tuple(coeff.shape)} must have the labels' shape {tuple(labels.shape)}"
+        )
+    impl = resolve_backend(backend, hidden.device)
+    total, logp = LinearLogprobSum.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(),
+        coeff.reshape(-1), _check_temperature(temperature), vocab_size, tp_group, ignore_index,
+        impl, _check_chunk(chunk_tokens),
+    )  # fmt: skip
+    return LinearLogprobSumOutput(total, logp.view(labels.shape))

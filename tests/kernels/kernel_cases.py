@@ -149,7 +149,14 @@ def only_backend(backend: str) -> Iterator[None]:
 
 def run_case(case: Case, group: object, rank: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Runs ``case`` through megatron_tulu.ops on this rank; returns outputs and gradients."""
-    from megatron_tulu.ops import BACKEND_ENV, entropy, kl, linear_logprobs, token_logprobs
+    from megatron_tulu.ops import (
+        BACKEND_ENV,
+        entropy,
+        kl,
+        linear_logprob_sum,
+        linear_logprobs,
+        token_logprobs,
+    )
 
     inputs = {k: v.to(device) for k, v in case_inputs(case).items()}
     labels, grad_a, grad_b = inputs["labels"], inputs["grad_a"], inputs["grad_b"]
@@ -188,6 +195,13 @@ def run_case(case: Case, group: object, rank: int, device: str = "cpu") -> dict[
             out = {"logprobs": res.logprobs, "grad_hidden": hidden.grad, "grad_weight": weight.grad}
             if res.entropy is not None:
                 out["entropy"] = res.entropy
+            # The gradient-in-forward variant with coefficients grad_a, under an upstream 0.5.
+            hidden = inputs["hidden"].clone().requires_grad_()
+            weight = inputs["weight"][cols].clone().requires_grad_()
+            res = linear_logprob_sum(hidden, weight, labels, grad_a, backend=case.backend, **opts)
+            (0.5 * res.total).backward()
+            out |= {"sum_total": res.total, "sum_logprobs": res.logprobs,
+                    "sum_grad_hidden": hidden.grad, "sum_grad_weight": weight.grad}  # fmt: skip
         else:
             logp = inputs["logp"].clone().requires_grad_()
             logq = inputs["logq"].clone().requires_grad_()

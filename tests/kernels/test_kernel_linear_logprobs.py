@@ -90,9 +90,44 @@ def check(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu")
     assert torch.count_nonzero(grad_weight[VOCAB:]) == 0  # padded output rows: no gradient
 
 
+def check_sum(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu") -> None:
+    """linear_logprob_sum with coefficients grad_a under an upstream gradient of 0.5 against
+    0.5 * sum(grad_a * logp) of the reference (log-probs only), with check()'s tolerances."""
+    inputs = case_inputs(case)
+    hidden = inputs["hidden"].float().requires_grad_()
+    weight = inputs["weight"].float().requires_grad_()
+    dtype = inputs["hidden"].dtype
+    logp, _ = reference_linear_logprobs(
+        hidden, weight, inputs["labels"], case.temperature, VOCAB, dtype
+    )
+    total = (logp * inputs["grad_a"]).sum()
+    (0.5 * total).backward()
+    tol = dict(TOL[case.dtype])
+    if device == "cuda" and case.dtype == "bfloat16":
+        tol["out"] = OUT_TOL_BF16_CUDA
+    # the total sums 37 log-probs weighted by coefficients ~1: the per-token bound times 37
+    tol_total = {k: 37 * v for k, v in tol["out"].items()}
+    for result in ranks:
+        torch.testing.assert_close(result["sum_logprobs"], logp.detach(), **tol["out"])
+        torch.testing.assert_close(result["sum_total"], total.detach(), **tol_total)
+        assert result["sum_grad_hidden"].dtype == dtype
+        torch.testing.assert_close(result["sum_grad_hidden"].float(), hidden.grad, **tol["grad"])
+    grad_weight = torch.cat([result["sum_grad_weight"] for result in ranks], dim=0)
+    assert grad_weight.dtype == dtype and grad_weight.shape == weight.shape
+    torch.testing.assert_close(grad_weight.float(), weight.grad, **tol["grad"])
+    assert torch.count_nonzero(grad_weight[VOCAB:]) == 0
+
+
 @pytest.mark.parametrize("case", cases_for("linear"), ids=str)
 def test_linear_logprobs(case: Case, kernel_results: dict) -> None:
     check(case, kernel_results[str(case)])
+
+
+@pytest.mark.parametrize("case", cases_for("linear"), ids=str)
+def test_linear_logprob_sum_makes_the_gradient_in_the_forward(
+    case: Case, kernel_results: dict
+) -> None:
+    check_sum(case, kernel_results[str(case)])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU runs: interpreter)")
@@ -100,7 +135,9 @@ def test_linear_logprobs(case: Case, kernel_results: dict) -> None:
     "case", [c for c in cases_for("linear") if c.tp == 1 and c.backend == "triton"], ids=str
 )
 def test_linear_logprobs_compiled_on_cuda(case: Case) -> None:
-    check(case, [run_case(case, None, 0, device="cuda")], device="cuda")
+    result = run_case(case, None, 0, device="cuda")
+    check(case, [result], device="cuda")
+    check_sum(case, [result], device="cuda")
 
 
 @pytest.mark.parametrize("frozen", ["hidden", "weight"])
@@ -123,3 +160,16 @@ def test_a_frozen_input_gets_no_gradient_and_the_other_the_right_one(frozen: str
     live, ref = (weight, ref_weight) if frozen == "hidden" else (hidden, ref_hidden)
     assert (hidden if frozen == "hidden" else weight).grad is None
     torch.testing.assert_close(live.grad, ref.grad, **TOL["float32"]["grad"])
+
+
+def test_linear_logprob_sum_refuses_a_second_backward_and_bad_coefficients() -> None:
+    from megatron_tulu.ops import linear_logprob_sum
+
+    inputs = case_inputs(Case("linear", "torch", "float32"))
+    hidden = inputs["hidden"].requires_grad_()
+    out = linear_logprob_sum(hidden, inputs["weight"], inputs["labels"], inputs["grad_a"])
+    out.total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        out.total.backward()
+    with pytest.raises(ValueError, match=r"coeff \(36,\) must have the labels' shape \(37,\)"):
+        linear_logprob_sum(hidden, inputs["weight"], inputs["labels"], inputs["grad_a"][:36])
