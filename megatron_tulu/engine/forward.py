@@ -29,6 +29,7 @@ import torch
 
 from megatron_tulu.engine.context_parallel import model_cp_group, split_for_cp
 from megatron_tulu.engine.microbatch import MicroBatch
+from megatron_tulu.models.output_head import hidden_output, output_head
 
 LossOutput = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 LossFn = Callable[[MicroBatch, torch.Tensor], LossOutput]
@@ -68,19 +69,29 @@ def _count_once_per_cp_group(loss_fn: LossFn, cp_rank: int, batch: MicroBatch,
     return loss, count, report
 
 
-def forward_step(loss_fn: LossFn) -> ForwardStep:
+def forward_step(loss_fn: LossFn, *, fused_output: bool = False) -> ForwardStep:
     """A schedule step that moves the next micro-batch to the model's device, cuts it for this
     CP rank, runs the model on it and applies ``loss_fn`` (whose batch tensors are then on the
-    output's device); see the module docstring for the count under CP."""
+    output's device); see the module docstring for the count under CP.
+
+    ``fused_output``: on the last pipeline stage the model returns its hidden states and
+    ``loss_fn`` is called with ``head=`` the output layer's weight and TP group, to run the
+    output layer inside the loss (:mod:`megatron_tulu.models.output_head`)."""
 
     def step(data: Iterator[MicroBatch], model: torch.nn.Module):
         batch = to_device(next(data), model_device(model))
         cp = model_cp_group(model)
-        if cp is None or cp.size() == 1:
-            return forward_model(model, batch), partial(loss_fn, batch)
-        batch = split_for_cp(batch, cp)
-        loss = partial(_count_once_per_cp_group, loss_fn, cp.rank(), batch)
-        return forward_model(model, batch), loss
+        fn = loss_fn
+        head = output_head(model) if fused_output else None
+        if head is not None:
+            fn = partial(loss_fn, head=head)
+        if cp is not None and cp.size() > 1:
+            batch = split_for_cp(batch, cp)
+            fn = partial(_count_once_per_cp_group, fn, cp.rank())
+        if head is None:
+            return forward_model(model, batch), partial(fn, batch)
+        with hidden_output(model):
+            return forward_model(model, batch), partial(fn, batch)
 
     return step
 

@@ -11,8 +11,12 @@ count 0, so megatron does not rescale and the gradient is the sum over tokens). 
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state as ps
 
 from megatron_tulu.losses.logprobs import Batch, sequence_logprobs
+from megatron_tulu.models.output_head import OutputHead
+from megatron_tulu.ops import linear_logprob_sum
+from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 SFT_REDUCTIONS = ("mean", "sum")
 
@@ -31,8 +35,26 @@ def token_loss_terms(
 
 
 def sft_loss(
-    batch: Batch, output: torch.Tensor, *, vocab_size: int, reduction: str = "mean"
+    batch: Batch,
+    output: torch.Tensor,
+    *,
+    vocab_size: int,
+    reduction: str = "mean",
+    head: OutputHead | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Negative log-likelihood of the masked labels (see the module docstring)."""
-    logp_sum, tokens = sequence_logprobs(output, batch, vocab_size)
-    return token_loss_terms(logp_sum, tokens, reduction)
+    """Negative log-likelihood of the masked labels (see the module docstring).
+
+    ``output``: logits [b, s, V/t]; with ``head`` (``training.fused_output``), the hidden states
+    [b, s, h], which the output layer and the log-probs take together
+    (:func:`megatron_tulu.ops.linear_logprob_sum`, the loss mask as the coefficients)."""
+    if head is None:
+        logp_sum, tokens = sequence_logprobs(output, batch, vocab_size)
+        return token_loss_terms(logp_sum, tokens, reduction)
+    mask = batch["loss_mask"].float()
+    hidden = output.to(head.weight.dtype)  # Float16Module hands the last stage's output as fp32
+    fused = linear_logprob_sum(
+        hidden, head.weight, batch["labels"], mask, vocab_size=vocab_size, tp_group=head.tp_group
+    )
+    sums = torch.stack([fused.total, mask.sum()])
+    sums = cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))
+    return token_loss_terms(sums[0], sums[1], reduction)

@@ -60,7 +60,10 @@ def text_task(recipe: RecipeConfig, dims: ParallelDims) -> TextTask:
         )
     return TextTask(
         data=_dataset(recipe, tokenizer), dims=dims,
-        forward_step=forward_step(partial(sft_loss, vocab_size=recipe.model.vocab_size)),
+        forward_step=forward_step(
+            partial(sft_loss, vocab_size=recipe.model.vocab_size),
+            fused_output=recipe.training.fused_output,
+        ),
     )  # fmt: skip
 
 

@@ -81,8 +81,9 @@ def sft_task(recipe: RecipeConfig, dims: ParallelDims) -> SFTTask:
         num_samples=len(rows), global_batch_size=dims.global_batch_size,
     )  # fmt: skip
     loss = partial(sft_loss, vocab_size=recipe.model.vocab_size, reduction=data.loss_reduction)
+    step = forward_step(loss, fused_output=recipe.training.fused_output)
     return SFTTask(
-        rows=rows, sampler=sampler, dims=dims, seq_length=seq, forward_step=forward_step(loss),
+        rows=rows, sampler=sampler, dims=dims, seq_length=seq, forward_step=step,
         tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
     )  # fmt: skip
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -117,7 +118,8 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
             step = forward_step(partial(dpo_side_loss, vocab_size=MODEL.vocab_size))
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         else:
-            step = forward_step(partial(sft_loss, vocab_size=MODEL.vocab_size, reduction=reduction))
+            loss = partial(sft_loss, vocab_size=MODEL.vocab_size, reduction=reduction)
+            step = forward_step(loss, fused_output=forward == "sft_fused")
             result = train_step(engine, batches, forward_step=step)
         return result, gather_hf_state_dict(engine.raw_chunks(), model=MODEL)
     finally:
@@ -164,6 +166,29 @@ def test_sum_reduction_scales_the_mean_gradient():
     before = reader.get(name)
     grad_mean, grad_sum = before - w_mean[name], before - w_sum[name]
     torch.testing.assert_close(grad_sum, grad_mean * mean.num_tokens, rtol=1e-4, atol=1e-6)
+
+
+@functools.cache
+def _logits_path_step():
+    return _run(1, _packed_batch(), 1, 1, "sft")
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)])
+def test_fused_output_sft_step_equals_the_logits_path(tp, pp):
+    """training.fused_output: the last stage hands hidden states to the loss, which runs the
+    output layer with the log-probs (ops.linear_logprob_sum). One SGD step (lr 1) on the packed
+    row at TP1 / TP2 (vocab-sharded output layer, the hidden gradient all-reduced inside the op)
+    / PP2 (the head on the last stage only) against TP1 through full logits: the same fp32 sums
+    in chunks of another shape (loss 5e-6 and weights 1e-6 as the packed/unpacked test)."""
+    want, w_want = _logits_path_step()
+    got, w_got = _run(tp * pp, _packed_batch(), tp, pp, "sft_fused")
+    assert got.num_tokens == want.num_tokens
+    assert got.loss == pytest.approx(want.loss, abs=5e-6)
+    assert _max_diff(w_got, w_want) <= 1e-6
+    from megatron_tulu.models.hf_io import HFTensorReader
+
+    before = HFTensorReader(os.environ["MT_TEST_HF_DIR"]).get("lm_head.weight")
+    assert (w_got["lm_head.weight"] - before).abs().max() > 1e-3  # the output layer trained
 
 
 def _dpo_batches(pairs_per_micro: int, micro: int) -> list[dict[str, torch.Tensor]]:

@@ -83,6 +83,16 @@ def test_offload_reference_is_a_bool():
         TrainingConfig(offload_reference=1)
 
 
+def test_fused_output_is_for_sft_and_pretraining_only():
+    assert TrainingConfig(stage="sft", fused_output=True).fused_output
+    assert TrainingConfig(stage="pretrain", fused_output=True).fused_output
+    for stage in ("dpo", "rlvr"):
+        with pytest.raises(ValueError, match=re.escape(f"not {stage!r}: its loss must be linear")):
+            TrainingConfig(stage=stage, fused_output=True)
+    with pytest.raises(ValueError, match=re.escape("fused_output ('yes') must be a bool")):
+        TrainingConfig(stage="sft", fused_output="yes")
+
+
 def test_megatron_receives_the_optimizer_options():
     from megatron_tulu.engine.build import grad_reduce_in_fp32, megatron_optimizer_config
     from megatron_tulu.models.llama import BuildOptions
