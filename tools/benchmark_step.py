@@ -98,7 +98,8 @@ def _worker(args: dict) -> dict:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            train_step(engine, batch, forward_step=forward_step(loss), report_key=key)
+            step = forward_step(loss, fused_output=args["fused_output"])
+            train_step(engine, batch, forward_step=step, report_key=key)
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= args["warmup"]:
@@ -130,6 +131,7 @@ def bench_train(a: argparse.Namespace) -> dict:
         "dp": results[0]["dp"], "ranks": a.nproc}, "seq_len": a.seq_len,
         "global_batch": a.global_batch, "micro_batch": a.micro_batch,
         "precision": a.precision, "recompute": a.recompute, "attention": a.attention,
+        "fused_output": a.fused_output,
         "device": device,
         "step_s": step, "step_times_s": results[0]["times"], "tokens_per_s": tokens / step,
         "tokens_per_s_per_device": tokens / step / a.nproc, "model_tflops_per_device": tflops,
@@ -171,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=("auto", "local", "sdpa"),
         help="core attention without TE (auto: SDPA on CUDA, megatron's local on CPU)",
+    )
+    p.add_argument(
+        "--fused-output",
+        action="store_true",
+        help="sft: the output layer inside the loss (training.fused_output; no full logits)",
     )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -27,7 +27,8 @@ apex or vLLM). Each check runs in its own process with a time limit and prints o
 - ppo_step: the PPO policy loss forward/backward (tools/benchmark_step.py --stage ppo);
 - hf_export: the SFT checkpoint converted to HF and compared with transformers;
 - bench_8b_local / bench_8b_sdpa: the 8B-wide slice (4 layers, seq 4096, bf16, TP1) step
-  benchmark with megatron's local attention and with SDPA (MFU against 989 TFLOP/s, peak memory).
+  benchmark with megatron's local attention and with SDPA (MFU against 989 TFLOP/s, peak memory);
+  bench_8b_fused_output: SDPA with the output layer inside the loss (training.fused_output).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _sft(a: argparse.Namespace, work: Path, steps: int) -> list[str]:
     return sft_command(work, steps)
 
 
-def _bench(stage: str, attention: str = "auto", big: bool = False):
+def _bench(stage: str, attention: str = "auto", big: bool = False, fused: bool = False):
     def command(a: argparse.Namespace, work: Path) -> list[str] | None:
         if big and a.smoke:
             return None
@@ -103,9 +104,10 @@ def _bench(stage: str, attention: str = "auto", big: bool = False):
             else ["--model", "tiny-task", "--seq-len", "128", "--micro-batch", "2",
                   "--global-batch", "4", "--steps", "2", "--warmup", "1"]
         )  # fmt: skip
-        out = work / f"bench-{stage}-{attention}-{'8b' if big else 'tiny'}.json"
+        name = f"{stage}-{attention}-{'8b' if big else 'tiny'}{'-fused' if fused else ''}"
+        fused_flag = ["--fused-output"] if fused else []
         return _py("tools/benchmark_step.py", "--stage", stage, "--attention", attention,
-                   *size, "--json", str(out))  # fmt: skip
+                   *size, *fused_flag, "--json", str(work / f"bench-{name}.json"))  # fmt: skip
 
     return command
 
@@ -218,6 +220,13 @@ CHECKS = [
         "bench_8b_local", 300, _bench("sft", "local", big=True), "CPU smoke", parse=_bench_summary
     ),
     Check("bench_8b_sdpa", 300, _bench("sft", "sdpa", big=True), "CPU smoke", parse=_bench_summary),
+    Check(
+        "bench_8b_fused_output",
+        300,
+        _bench("sft", "sdpa", big=True, fused=True),
+        "CPU smoke",
+        parse=_bench_summary,
+    ),
 ]
 
 
