@@ -24,12 +24,12 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 
+from kernels.chunking import default_chunk_rows
 from kernels.triton_launch import block_v, check_launchable, launch_options
 from kernels.vocab_parallel import (
     VocabShard,
     all_reduce_,
     chunk_ranges,
-    default_chunk_rows,
     global_max,
     label_columns,
     vocab_shard,

@@ -14,14 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# Extra memory budget of the chunked torch path, in fp32 elements per chunk (128 MiB): chunk rows
-# = budget // columns, e.g. 261 rows of a 128,256-column shard. From a sweep on the 2-core dev
-# machine (forward + backward, 4,096 x 128,256 fp32, 2 threads): cache-sized chunks (8-64 rows)
-# were fastest with idle cores (1.0 s vs 1.3 s; naive 1.7-1.9 s) but 1.4-4x slower than naive
-# when another process competed for a core (each op is a short OpenMP region that waits for the
-# descheduled thread); ~256 rows stayed at or under naive's time in both conditions.
-DEFAULT_CHUNK_ELEMS = 1 << 25
-
 
 @dataclass(frozen=True, kw_only=True)
 class VocabShard:
@@ -86,11 +78,6 @@ def chunk_ranges(num_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows ({chunk_rows}) must be >= 1")
     return [(a, min(a + chunk_rows, num_rows)) for a in range(0, num_rows, chunk_rows)]
-
-
-def default_chunk_rows(num_cols: int) -> int:
-    """Rows per chunk of the torch path: ``DEFAULT_CHUNK_ELEMS`` fp32 elements, at least one row."""
-    return max(1, DEFAULT_CHUNK_ELEMS // max(1, num_cols))
 
 
 def label_columns(labels: torch.Tensor, shard: VocabShard) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,11 @@ def _worker(args: dict) -> dict:
     init_parallel(dims, seed=0)
     try:
         engine = build_engine(
-            model=model, dims=dims, optimizer=OptimizerConfig(lr=1e-5),
+            model=model, dims=dims,
+            optimizer=OptimizerConfig(
+                lr=1e-5, use_distributed_optimizer=args["distributed_optimizer"],
+                grad_reduce_dtype=args["grad_reduce_dtype"],
+            ),
             train_steps=args["steps"] + args["warmup"],
             options=BuildOptions(
                 precision=args["precision"], recompute=args["recompute"],
@@ -131,7 +135,8 @@ def bench_train(a: argparse.Namespace) -> dict:
         "dp": results[0]["dp"], "ranks": a.nproc}, "seq_len": a.seq_len,
         "global_batch": a.global_batch, "micro_batch": a.micro_batch,
         "precision": a.precision, "recompute": a.recompute, "attention": a.attention,
-        "fused_output": a.fused_output,
+        "fused_output": a.fused_output, "distributed_optimizer": a.distributed_optimizer,
+        "grad_reduce_dtype": a.grad_reduce_dtype,
         "device": device,
         "step_s": step, "step_times_s": results[0]["times"], "tokens_per_s": tokens / step,
         "tokens_per_s_per_device": tokens / step / a.nproc, "model_tflops_per_device": tflops,
@@ -173,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=("auto", "local", "sdpa"),
         help="core attention without TE (auto: SDPA on CUDA, megatron's local on CPU)",
+    )
+    p.add_argument(
+        "--distributed-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="megatron's distributed optimizer (optimizer.use_distributed_optimizer)",
+    )
+    p.add_argument(
+        "--grad-reduce-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="gradient buffer dtype (optimizer.grad_reduce_dtype; bf16 needs --precision bf16)",
     )
     p.add_argument(
         "--fused-output",

@@ -28,7 +28,9 @@ apex or vLLM). Each check runs in its own process with a time limit and prints o
 - hf_export: the SFT checkpoint converted to HF and compared with transformers;
 - bench_8b_local / bench_8b_sdpa: the 8B-wide slice (4 layers, seq 4096, bf16, TP1) step
   benchmark with megatron's local attention and with SDPA (MFU against 989 TFLOP/s, peak memory);
-  bench_8b_fused_output: SDPA with the output layer inside the loss (training.fused_output).
+  bench_8b_fused_output: SDPA with the output layer inside the loss (training.fused_output);
+- bench_8b_full: the whole 8B, seq 4096, one GPU, distributed optimizer off (full recompute,
+  bf16 gradients, fused output: the planner's layout that fits 141 GB).
 """
 
 from __future__ import annotations
@@ -92,6 +94,22 @@ def _sft(a: argparse.Namespace, work: Path, steps: int) -> list[str]:
     return sft_command(work, steps)
 
 
+def _bench_8b_full(a: argparse.Namespace, work: Path) -> list[str] | None:
+    """The whole 8B (32 layers), seq 4096, one sequence, on one GPU with the distributed
+    optimizer off: the planner's layout that fits 141 GB (python tools/plan.py --model
+    llama3.1-8b --gpus 1 --hardware H200 --micro-batch 1 --global-batch 1 --seq-len 4096
+    --no-distributed-optimizer --kernels local --recompute full --fused-output
+    --grad-reduce-dtype bf16: 124.6 GiB of 137.4 usable; with fp32 gradients 139.5, no fit)."""
+    if a.smoke:
+        return None
+    return _py("tools/benchmark_step.py", "--stage", "sft", "--attention", "sdpa",
+               "--model", "llama3.1-8b", "--seq-len", "4096", "--micro-batch", "1",
+               "--global-batch", "1", "--precision", "bf16", "--recompute", "full",
+               "--no-distributed-optimizer", "--grad-reduce-dtype", "bf16", "--fused-output",
+               "--peak-tflops", "989", "--steps", "3", "--warmup", "2",
+               "--json", str(work / "bench-sft-8b-full.json"))  # fmt: skip
+
+
 def _bench(stage: str, attention: str = "auto", big: bool = False, fused: bool = False):
     def command(a: argparse.Namespace, work: Path) -> list[str] | None:
         if big and a.smoke:
@@ -144,8 +162,8 @@ def _fused_summary(out: str) -> str:
         rows = json.loads(out[start:])["rows"] if start >= 0 else []
     except (ValueError, KeyError):
         return ""
-    times = {(r["op"], r.get("hidden", r.get("ffn")), r["backend"]): r["forward_backward_ms"]
-             for r in rows}  # fmt: skip
+    times = {(r["op"], r.get("hidden", r.get("ffn", r.get("heads"))), r["backend"]):
+             r["forward_backward_ms"] for r in rows}  # fmt: skip
     parts = [
         f"{op}{width} x{times[(op, width, 'torch')] / t:.2f}"
         for (op, width, backend), t in times.items()
@@ -227,6 +245,7 @@ CHECKS = [
         "CPU smoke",
         parse=_bench_summary,
     ),
+    Check("bench_8b_full", 420, _bench_8b_full, "CPU smoke", parse=_bench_summary),
 ]
 
 

@@ -12,8 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from kernels.linear_logprobs import default_linear_chunk_rows
-from kernels.vocab_parallel import DEFAULT_CHUNK_ELEMS, default_chunk_rows
+from kernels.chunking import DEFAULT_CHUNK_ELEMS, default_chunk_rows, default_linear_chunk_rows
 from megatron_tulu.ops import entropy, linear_logprobs, token_logprobs
 
 N, V, VOCAB = 64, 65536, 65000

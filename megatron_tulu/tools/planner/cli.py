@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan megatron's production fusions (SwiGLU, RoPE, gradient accumulation, cross "
         "entropy), as NVIDIA's recipes run; off in this codebase",
     )
+    p.add_argument(
+        "--fused-output",
+        action="store_true",
+        help="training.fused_output: the output layer inside the loss, no full logits (SFT)",
+    )
     p.add_argument("--first-stage-layers", type=int, default=None, help="uneven pipeline")
     p.add_argument("--last-stage-layers", type=int, default=None, help="uneven pipeline")
     p.add_argument(
@@ -257,6 +262,7 @@ def _base_layout(args: argparse.Namespace, *, global_batch: int, seq_len: int) -
         uneven_pipeline=args.uneven_pipeline,
         swiglu_fusion=args.swiglu_fusion,
         fusions=args.fusions,
+        fused_output=args.fused_output,
         first_stage_layers=args.first_stage_layers,
         last_stage_layers=args.last_stage_layers,
         grad_reduce_dtype=args.grad_reduce_dtype,

@@ -67,6 +67,9 @@ class TrainLayout:
     # gradients go straight into main_grad: no transient copy), fused cross entropy (the fp32
     # logits' gradient overwrites them: 4 bytes per logit instead of 8).
     fusions: bool = False
+    # training.fused_output: the output layer runs inside the loss in token chunks
+    # (ops.linear_logprob_sum): no [s, b, V/tp] logits or logits gradient (SFT / pretraining).
+    fused_output: bool = False
     grad_reduce_dtype: str = "fp32"  # gradient buffer / DP reduction (OptimizerConfig's)
     optimizer_offload: float = 0.0  # fraction of the optimizer state in host memory
 
@@ -91,6 +94,8 @@ class TrainLayout:
                     f"optimizer_offload ({self.optimizer_offload:g}) needs the distributed "
                     "optimizer (megatron-core offloads its state shards)"
                 )
+            if self.fused_output and self.head != "lm":
+                raise ValueError(f"fused_output needs the vocabulary head, not {self.head!r}")
             if self.uneven_pipeline and (self.first_stage_layers or self.last_stage_layers):
                 raise ValueError(
                     "uneven_pipeline (the L + 2 split) and first_stage_layers / "
@@ -151,6 +156,8 @@ class TrainLayout:
             parts.append("uneven")
         elif self.first_stage_layers or self.last_stage_layers:
             parts.append(f"first={self.first_stage_layers} last={self.last_stage_layers}")
+        if self.fused_output:
+            parts.append("fusedOutput")
         if self.grad_reduce_dtype != "fp32":
             parts.append(f"grads={self.grad_reduce_dtype}")
         if self.optimizer_offload:

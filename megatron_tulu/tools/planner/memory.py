@@ -70,6 +70,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from kernels.chunking import default_linear_chunk_rows
 from megatron_tulu.config import ModelConfig
 from megatron_tulu.tools.planner.flops import kv_dim, layer_matrix_params, q_dim
 from megatron_tulu.tools.planner.layout import ResolvedLayout, TrainLayout
@@ -253,6 +254,19 @@ def largest_layer_param_local(model: ModelConfig, tp: int) -> float:
     return max(h * 2 * model.ffn_hidden_size / tp, h * (q_dim(model) + 2 * kv_dim(model)) / tp)
 
 
+def fused_output_bytes(model: ModelConfig, lay: TrainLayout, tokens: float) -> tuple[float, float]:
+    """(held, transient) bytes of the fused output layer on the last rank
+    (``training.fused_output``; kernels/linear_logprobs.py ``LinearLogprobSum``). Held from the
+    loss to the backward: the hidden states Float16Module hands over in fp32, their copy in the
+    model dtype and their gradient (made in the loss's forward). Transient, in the loss: one
+    chunk's logits and logits gradient (``default_linear_chunk_rows`` tokens, model dtype) and
+    the output weight's gradient, made there instead of in the backward."""
+    a, h, width = act_bytes(lay.precision), model.hidden_size, output_width(model, lay)
+    rows = min(tokens, default_linear_chunk_rows(int(tokens), int(width), h))
+    held = tokens * h * (4 + 2 * a)
+    return held, 2 * a * rows * width + a * width * h
+
+
 def rank_memory(model: ModelConfig, rl: ResolvedLayout, rank: int) -> RankMemory:
     lay = rl.layout
     tokens = lay.micro_batch * lay.seq_len / lay.cp  # tokens of one micro-batch on one GPU
@@ -272,12 +286,18 @@ def rank_memory(model: ModelConfig, rl: ResolvedLayout, rank: int) -> RankMemory
         # final norm + output-layer input, for the one micro-batch in flight on the last rank
         final = tokens * (h * _norm_bytes_per_elem(lay) + h * a) / (lay.tp if lay.sp else 1)
         elems = tokens * output_width(model, lay)
-        # fused cross entropy: the gradient overwrites the fp32 logits (4 bytes, not 8)
-        logits = elems * (4 if lay.fusions else LOGIT_BYTES)
-        # Output-layer backward: the logits' gradient in the model dtype, a contiguous copy of
-        # it ([b, s] -> [s, b]) and the output weight's gradient; the fp32 logits are gone.
-        output_backward = 2 * a * elems + (0 if lay.fusions else a * output_width(model, lay) * h)
-        transient = max(transient, output_backward - logits)
+        if lay.fused_output:
+            logits, output_transient = fused_output_bytes(model, lay, tokens)
+            transient = max(transient, output_transient)
+        else:
+            # fused cross entropy: the gradient overwrites the fp32 logits (4 bytes, not 8)
+            logits = elems * (4 if lay.fusions else LOGIT_BYTES)
+            # Output-layer backward: the logits' gradient in the model dtype, a contiguous copy
+            # of it ([b, s] -> [s, b]) and the output weight's gradient; the fp32 logits gone.
+            output_backward = 2 * a * elems + (
+                0 if lay.fusions else a * output_width(model, lay) * h
+            )
+            transient = max(transient, output_backward - logits)
     if lay.recompute == "full":
         checkpoints = layer_mbs * tokens * model.hidden_size * a / (lay.tp if lay.sp else 1)
         # While a layer is recomputed and back-propagated it holds its full set (local kernels:
