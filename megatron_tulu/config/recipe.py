@@ -92,6 +92,12 @@ class RecipeConfig:
                 f"({m.max_position_embeddings}) of model {m.name!r}: lower training.seq_length "
                 f"or raise model.max_position_embeddings"
             )
+        if t.fused_output and t.stage == "dpo" and self.dpo.forward != "separate":
+            raise ValueError(
+                f"training.fused_output (true) with dpo.forward {self.dpo.forward!r}: the pair "
+                "loss of one forward is not linear in the log-probs; set dpo.forward=separate "
+                "(two forwards: the coefficients first, then the fused pass) or fused_output=false"
+            )
         p.check_model(m)
         p.check_seq_length(t.seq_length, name="training.seq_length")
         self.optimizer.warmup_steps(t.train_steps)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from megatron_tulu.losses.logprobs import Batch, sequence_logprobs
+from megatron_tulu.losses.logprobs import Batch, fused_logprob_sum, sequence_logprobs
+from megatron_tulu.models.output_head import OutputHead
 
 DPO_LOSS_TYPES = ("sigmoid", "dpo_norm")
 
@@ -133,10 +134,17 @@ def pair_loss_coefficients(
 
 
 def dpo_side_loss(
-    batch: Batch, output: torch.Tensor, *, vocab_size: int
+    batch: Batch, output: torch.Tensor, *, vocab_size: int, head: OutputHead | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Two-forward DPO: ``sum(coef * logp)`` over the micro-batch's rows (one side each)."""
-    logp_sum, _ = sequence_logprobs(output, batch, vocab_size)
-    loss = (batch["coef"].to(logp_sum.dtype) * logp_sum).sum()
+    """Two-forward DPO: ``sum(coef * logp)`` over the micro-batch's rows (one side each).
+
+    With ``head`` (``training.fused_output``), ``output`` is the hidden states and the output
+    layer runs with the log-probs, each token weighted by its row's coefficient."""
+    if head is None:
+        logp_sum, _ = sequence_logprobs(output, batch, vocab_size)
+        loss = (batch["coef"].to(logp_sum.dtype) * logp_sum).sum()
+    else:
+        coeff = batch["coef"].float()[:, None] * batch["loss_mask"].float()
+        loss = fused_logprob_sum(output, batch, head, coeff, vocab_size)
     report = batch["report"].sum(dim=0)  # zero rows on rejected sides: each pair counted once
     return loss, report[1].to(torch.int), {"dpo": report}

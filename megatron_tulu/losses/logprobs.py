@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from megatron_tulu.ops import token_logprobs
+from megatron_tulu.models.output_head import OutputHead
+from megatron_tulu.ops import linear_logprob_sum, token_logprobs
 from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 Batch = dict[str, torch.Tensor]
@@ -41,3 +42,18 @@ def sequence_logprobs(
     sums = torch.stack([(logp * mask).sum(dim=-1), mask.sum(dim=-1)])  # [2, rows]
     sums = cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))
     return sums[0], sums[1]
+
+
+def fused_logprob_sum(
+    hidden: torch.Tensor, batch: Batch, head: OutputHead, coeff: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """``sum(coeff * logp)`` of the labels over the whole sequence (all CP ranks, identity
+    backward), with the output layer run here on the last stage's hidden states [b, s, h]
+    (``training.fused_output``: :mod:`megatron_tulu.models.output_head`). ``coeff`` [b, s]:
+    each token's weight, known before the forward (the loss mask, times DPO's pair
+    coefficients)."""
+    fused = linear_logprob_sum(
+        hidden.to(head.weight.dtype),  # Float16Module hands the last stage's output as fp32
+        head.weight, batch["labels"], coeff, vocab_size=vocab_size, tp_group=head.tp_group,
+    )  # fmt: skip
+    return cp_all_reduce_sum(fused.total, ps.get_context_parallel_group(check_initialized=False))

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from megatron_tulu.losses.logprobs import Batch, sequence_logprobs
+from megatron_tulu.losses.logprobs import Batch, fused_logprob_sum, sequence_logprobs
 from megatron_tulu.models.output_head import OutputHead
-from megatron_tulu.ops import linear_logprob_sum
 from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 SFT_REDUCTIONS = ("mean", "sum")
@@ -51,10 +50,6 @@ def sft_loss(
         logp_sum, tokens = sequence_logprobs(output, batch, vocab_size)
         return token_loss_terms(logp_sum, tokens, reduction)
     mask = batch["loss_mask"].float()
-    hidden = output.to(head.weight.dtype)  # Float16Module hands the last stage's output as fp32
-    fused = linear_logprob_sum(
-        hidden, head.weight, batch["labels"], mask, vocab_size=vocab_size, tp_group=head.tp_group
-    )
-    sums = torch.stack([fused.total, mask.sum()])
-    sums = cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))
-    return token_loss_terms(sums[0], sums[1], reduction)
+    tokens = cp_all_reduce_sum(mask.sum(), ps.get_context_parallel_group(check_initialized=False))
+    logp_sum = fused_logprob_sum(output, batch, head, mask, vocab_size)
+    return token_loss_terms(logp_sum, tokens, reduction)

@@ -229,7 +229,8 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
         loss = partial(dpo_pair_loss, vocab_size=vocab, beta=beta, loss_type=loss_type)
     return DPOTask(
         batches=PreferenceBatches(dataset=dataset, dims=dims, seq_length=seq, pairing=pairing),
-        train_file=train_file, sampler=sampler, forward_step=forward_step(loss),
+        train_file=train_file, sampler=sampler,
+        forward_step=forward_step(loss, fused_output=recipe.training.fused_output),
         cache=reference_cache(recipe, dataset.fingerprint), beta=beta, loss_type=loss_type,
         vocab_size=vocab, tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
     )  # fmt: skip

@@ -111,11 +111,14 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
             loss = partial(dpo_pair_loss, vocab_size=MODEL.vocab_size, beta=5.0)
             step = forward_step(partial(loss, loss_type="dpo_norm"))
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
-        elif forward == "dpo_separate":
+        elif forward in ("dpo_separate", "dpo_separate_fused"):
             attach_pair_coefficients(
                 batches, engine, MODEL.vocab_size, beta=5.0, loss_type="dpo_norm"
             )
-            step = forward_step(partial(dpo_side_loss, vocab_size=MODEL.vocab_size))
+            step = forward_step(
+                partial(dpo_side_loss, vocab_size=MODEL.vocab_size),
+                fused_output=forward == "dpo_separate_fused",
+            )
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         else:
             loss = partial(sft_loss, vocab_size=MODEL.vocab_size, reduction=reduction)
@@ -253,13 +256,19 @@ def _separate_layout(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, t
     return out
 
 
-@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (1, 2)], ids=["tp1", "pp2"])
-def test_dpo_two_forwards_equal_one(tp, pp):
+@pytest.mark.parametrize(
+    ("tp", "pp", "mode"),
+    [(1, 1, "dpo_separate"), (1, 2, "dpo_separate"), (2, 1, "dpo_separate_fused")],
+    ids=["tp1", "pp2", "tp2-fused-output"],
+)
+def test_dpo_two_forwards_equal_one(tp, pp, mode):
     """dpo.forward=separate (chosen and rejected in different micro-batches, exact loss
-    derivatives from a forward-only pass) gives the concat mode's loss, metrics and update."""
+    derivatives from a forward-only pass) gives the concat mode's loss, metrics and update;
+    also with training.fused_output (the output layer inside the second pass's loss, each token
+    weighted by its row's coefficient; at TP2, the vocabulary-sharded head)."""
     batches = _dpo_batches(2, 2)  # 2 micro-batches x (2 chosen + 2 rejected rows)
     base, w_base = _run(1, batches, 1, 1, "dpo")
-    run, w_run = _run(tp * pp, _separate_layout(batches), tp, pp, "dpo_separate")
+    run, w_run = _run(tp * pp, _separate_layout(batches), tp, pp, mode)
     assert run.num_tokens == base.num_tokens == 4  # pairs, each counted once
     # Same float32 log-prob sums by another reduction order (see test_dpo_step_matches_tp1).
     assert run.loss == pytest.approx(base.loss, abs=5e-5)

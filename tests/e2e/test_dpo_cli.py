@@ -86,8 +86,9 @@ def test_dpo_after_sft_caches_reference_and_resumes_exactly(tmp_path):
 
 
 def test_dpo_two_forwards_mode_matches_one_forward(tmp_path):
-    """dpo.forward=separate through the CLI (odd micro-batch of 1 sequence allowed): the same
-    losses as the one-forward mode from the same SFT weights and pairs."""
+    """dpo.forward=separate through the CLI (odd micro-batch of 1 sequence allowed), with and
+    without training.fused_output: the same losses as the one-forward mode from the same SFT
+    weights and pairs."""
     task = f"data.task_dir={tmp_path / 'task'}"
     sft = _train(
         "recipes/tulu3-sft-tiny-cpu.yaml", tmp_path / "sft", task,
@@ -116,3 +117,11 @@ def test_dpo_two_forwards_mode_matches_one_forward(tmp_path):
     # float32 sums in another order and micro-batch grouping: |diff| within 1e-5 per step.
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-5)
     assert b[-1]["preference_accuracy"] == pytest.approx(a[-1]["preference_accuracy"])
+    # training.fused_output: the second pass runs the output layer inside its loss.
+    fused = _train(
+        "recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "fused", *args,
+        "dpo.forward=separate", "parallel.micro_batch_size=1", "training.fused_output=true",
+    )  # fmt: skip
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    c = _records(tmp_path / "fused")
+    assert [r["loss"] for r in c] == pytest.approx([r["loss"] for r in a], abs=1e-5)

@@ -83,12 +83,17 @@ def test_offload_reference_is_a_bool():
         TrainingConfig(offload_reference=1)
 
 
-def test_fused_output_is_for_sft_and_pretraining_only():
-    assert TrainingConfig(stage="sft", fused_output=True).fused_output
-    assert TrainingConfig(stage="pretrain", fused_output=True).fused_output
-    for stage in ("dpo", "rlvr"):
-        with pytest.raises(ValueError, match=re.escape(f"not {stage!r}: its loss must be linear")):
-            TrainingConfig(stage=stage, fused_output=True)
+def test_fused_output_is_for_losses_linear_in_the_logprobs():
+    for stage in ("sft", "pretrain", "dpo"):
+        assert TrainingConfig(stage=stage, fused_output=True).fused_output
+    with pytest.raises(ValueError, match=re.escape("not 'rlvr': its loss must be linear")):
+        TrainingConfig(stage="rlvr", fused_output=True)
+    dpo = ["training.stage=dpo", "training.fused_output=true"]
+    assert load_recipe(None, [*dpo, "dpo.forward=separate"]).training.fused_output
+    with pytest.raises(
+        ValueError, match=re.escape("fused_output (true) with dpo.forward 'concat'")
+    ):
+        load_recipe(None, dpo)
     with pytest.raises(ValueError, match=re.escape("fused_output ('yes') must be a bool")):
         TrainingConfig(stage="sft", fused_output="yes")
 
