@@ -92,9 +92,10 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
     world = int(os.environ["WORLD_SIZE"])
     rows = sum(b["tokens"].shape[0] for b in batches)
     micro = batches[0]["tokens"].shape[0]
-    dims = ParallelConfig(tp=tp, pp=pp, micro_batch_size=micro, global_batch_size=rows).resolve(
-        world, MODEL
-    )
+    sp = forward.endswith("_sp")  # sequence parallelism
+    dims = ParallelConfig(
+        tp=tp, pp=pp, micro_batch_size=micro, global_batch_size=rows, sequence_parallel=sp
+    ).resolve(world, MODEL)
     init_parallel(dims, seed=0)
     try:
         hf_dir = os.environ["MT_TEST_HF_DIR"]
@@ -122,7 +123,7 @@ def _sgd_worker(batches, tp: int, pp: int, forward: str, reduction: str = "mean"
             result = train_step(engine, batches, forward_step=step, report_key="dpo")
         else:
             loss = partial(sft_loss, vocab_size=MODEL.vocab_size, reduction=reduction)
-            step = forward_step(loss, fused_output=forward == "sft_fused")
+            step = forward_step(loss, fused_output=forward.startswith("sft_fused"))
             result = train_step(engine, batches, forward_step=step)
         return result, gather_hf_state_dict(engine.raw_chunks(), model=MODEL)
     finally:
@@ -176,15 +177,21 @@ def _logits_path_step():
     return _run(1, _packed_batch(), 1, 1, "sft")
 
 
-@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)])
-def test_fused_output_sft_step_equals_the_logits_path(tp, pp):
+@pytest.mark.parametrize(
+    ("tp", "pp", "mode"),
+    [(1, 1, "sft_fused"), (2, 1, "sft_fused_sp"), (1, 2, "sft_fused")],
+    ids=["tp1", "tp2-sp", "pp2"],
+)
+def test_fused_output_sft_step_equals_the_logits_path(tp, pp, mode):
     """training.fused_output: the last stage hands hidden states to the loss, which runs the
     output layer with the log-probs (ops.linear_logprob_sum). One SGD step (lr 1) on the packed
-    row at TP1 / TP2 (vocab-sharded output layer, the hidden gradient all-reduced inside the op)
-    / PP2 (the head on the last stage only) against TP1 through full logits: the same fp32 sums
-    in chunks of another shape (loss 5e-6 and weights 1e-6 as the packed/unpacked test)."""
+    row at TP1 / TP2 with sequence parallelism (vocab-sharded output layer, the sequence shards
+    gathered without a reduce-scatter backward, the hidden gradient all-reduced inside the op) /
+    PP2 (the head on the last stage only) against TP1 through full logits: the same fp32 sums
+    in chunks of another shape (loss 5e-6 and weights 1e-6 as the packed/unpacked test). TP2
+    without sequence parallelism: the fused DPO case of test_dpo_two_forwards_equal_one."""
     want, w_want = _logits_path_step()
-    got, w_got = _run(tp * pp, _packed_batch(), tp, pp, "sft_fused")
+    got, w_got = _run(tp * pp, _packed_batch(), tp, pp, mode)
     assert got.num_tokens == want.num_tokens
     assert got.loss == pytest.approx(want.loss, abs=5e-6)
     assert _max_diff(w_got, w_want) <= 1e-6
