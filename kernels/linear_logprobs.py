@@ -12,14 +12,16 @@ and all-reduces grad_hidden over the TP group, as megatron's output layer does f
 (``copy_to_tensor_model_parallel_region``): do not wrap ``hidden`` in that mapping as well.
 Extra memory: O(chunk_rows x V/t) plus the gradients of hidden and weight. grad_weight is
 accumulated in the weight's dtype across chunks (as Liger-Kernel's fused linear cross-entropy).
-``LinearLogprobSum`` is the variant for a known upstream gradient: it returns
-sum_i coeff_i * logp_i and makes the gradient in the forward with three GEMMs per chunk, no
-recompute (see its docstring).
+``LinearTokenLoss`` is the variant for a loss that is a sum of per-token functions of the
+log-probs (SFT, DPO's second pass, PPO/GRPO): it returns the loss and makes the gradient in the
+forward with three GEMMs per chunk, no recompute (see its docstring).
 The per-chunk reductions use the Triton kernels (CUDA or interpreter) or the torch path; the
 GEMMs are torch's either way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -140,19 +142,26 @@ def _input_grads(
         grad_weight.addmm_(grad_logits.t(), hidden[a:b])
 
 
-class LinearLogprobSum(torch.autograd.Function):
-    """hidden [tokens, h], weight [V/t, h], labels [tokens], coeff [tokens] ->
-    (sum_i coeff_i * logp_i as an fp32 scalar, logp fp32 [tokens] without gradient).
+TokenLoss = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
-    The gradient is made in the forward, while each chunk's logits exist: the coefficients are
-    the upstream gradient of the log-probs, known before the forward whenever the loss is linear
-    in them with weights fixed in advance (SFT's masked token sum, DPO's second pass with
-    precomputed pair coefficients). Three GEMMs per chunk (logits, grad_hidden, grad_weight) as
-    the unfused path, where :class:`LinearLogprobs` needs a fourth (its backward recomputes the
-    logits because it cannot know the upstream gradient). The backward only scales the stored
-    gradients by the scalar upstream gradient, so it can run once (``retain_graph`` is refused).
-    The price: grad_weight [V/t, h] (in the weight's dtype) and grad_hidden exist from the
-    forward on, instead of from the backward on.
+
+class LinearTokenLoss(torch.autograd.Function):
+    """hidden [tokens, h], weight [V/t, h], labels [tokens] and a per-token loss ->
+    (sum of the token losses, fp32 scalar; logp and entropy fp32 [tokens], without gradient).
+
+    ``token_loss(logp, a, b) -> (loss, dloss_dlogp)``: the losses of tokens a..b (fp32 [b - a])
+    given their log-probs (fp32 [b - a], the whole vocabulary's), and the losses' derivatives
+    with respect to them. It runs once per chunk while the chunk's logits exist, so the logits
+    gradient and both input gradients are made in the forward: three GEMMs per chunk as the
+    unfused path, where :class:`LinearLogprobs` needs a fourth (its backward recomputes the
+    logits because it cannot know the upstream gradient then). Any loss that is a sum of
+    per-token functions of the log-probs fits: SFT's ``-mask * logp``, DPO's second pass
+    ``coef * mask * logp``, PPO's clipped surrogate (+ GRPO's KL term) given the rollout's
+    columns. Ignored tokens (``ignore_index``) count 0 and get no gradient. ``entropy`` is an
+    empty tensor unless ``with_entropy``. The backward only scales the stored gradients by the
+    scalar upstream gradient, so it can run once (``retain_graph`` is refused). The price:
+    grad_weight [V/t, h] (in the weight's dtype) and grad_hidden exist from the forward on,
+    instead of from the backward on.
     """
 
     @staticmethod
@@ -161,14 +170,15 @@ class LinearLogprobSum(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         labels: torch.Tensor,
-        coeff: torch.Tensor,
+        token_loss: TokenLoss,
         temperature: float,
         vocab_size: int | None,
         group: dist.ProcessGroup | None,
         ignore_index: int,
+        with_entropy: bool,
         backend: str,
         chunk_rows: int | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if hidden.shape[-1] != weight.shape[-1]:
             raise ValueError(
                 f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on the "
@@ -179,37 +189,47 @@ class LinearLogprobSum(torch.autograd.Function):
         rows = chunk_rows or default_linear_chunk_rows(num_rows, num_cols, hidden.shape[1])
         labels = labels.contiguous()
         ignored = labels == ignore_index
-        coeff = torch.where(ignored, 0.0, coeff.float()).contiguous()
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight) if need_weight else None
         opts = {"inv_temp": 1.0 / temperature, "backend": backend, "chunk_rows": rows}
-        logp = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+        device = hidden.device
+        logp = torch.empty(num_rows, dtype=torch.float32, device=device)
+        ent = torch.empty(num_rows if with_entropy else 0, dtype=torch.float32, device=device)
+        total = torch.zeros((), dtype=torch.float32, device=device)
         for a, b in chunk_ranges(num_rows, rows):
             logits = hidden[a:b] @ weight.t()
             stats = logprob_stats(logits, labels[a:b], shard, **opts)
-            lse, logp[a:b] = combine_logprobs(stats, group)  # one TP all-reduce per chunk
+            lse, chunk_logp = combine_logprobs(stats, group)  # one TP all-reduce per chunk
+            logp[a:b] = chunk_logp = torch.where(ignored[a:b], 0.0, chunk_logp)
+            if with_entropy:
+                ent[a:b] = combine_entropy(entropy_stats(logits, shard, **opts), group)[1]
+            loss, dlogp = token_loss(chunk_logp, a, b)
+            total += torch.where(ignored[a:b], 0.0, loss.float()).sum()
             if need_hidden or need_weight:
+                dlogp = torch.where(ignored[a:b], 0.0, dlogp.float()).contiguous()
                 grad_logits = torch.empty_like(logits)
-                logprob_grad(logits, labels[a:b], lse, coeff[a:b], shard, out=grad_logits, **opts)
+                logprob_grad(logits, labels[a:b], lse, dlogp, shard, out=grad_logits, **opts)
                 del logits
                 _input_grads(grad_logits, hidden, weight, a, b, grad_hidden, grad_weight)
         if grad_hidden is not None:
             all_reduce_(grad_hidden, dist.ReduceOp.SUM, group)
-        logp = torch.where(ignored, 0.0, logp)
         ctx.grads = [grad_hidden, grad_weight]
-        ctx.mark_non_differentiable(logp)
-        return (coeff * logp).sum(), logp
+        ctx.mark_non_differentiable(logp, ent)
+        return total, logp, ent
 
     @staticmethod
     def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad_total: torch.Tensor, _grad_logp: None
+        ctx: torch.autograd.function.FunctionCtx,
+        grad_total: torch.Tensor,
+        _grad_logp: None,
+        _grad_entropy: None,
     ):
         if ctx.grads is None:
             raise RuntimeError(
-                "linear_logprob_sum: backward ran twice through the same forward (retain_graph);"
+                "linear_token_loss: backward ran twice through the same forward (retain_graph);"
                 " its gradients were made in the forward and handed out once"
             )
         grads, ctx.grads = ctx.grads, None
         scaled = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
-        return *scaled, *(None,) * 8
+        return *scaled, *(None,) * 9

@@ -51,9 +51,9 @@ class TrainingConfig:
     load_optimizer: bool = True  # false: resume weights + position, fresh optimizer
     exit_interval: int = 0  # stop (saving first) after N steps in this invocation; 0: never
     offload_reference: bool = False  # RLVR reference weights in host memory between its passes
-    # SFT / pretraining / DPO with dpo.forward=separate: the output layer runs inside the loss,
-    # fused with the log-probs (models/output_head.py, ops.linear_logprob_sum): no [tokens, V]
-    # logits or logits gradient in the training pass.
+    # The output layer runs inside the training pass's loss, fused with the log-probs
+    # (models/output_head.py, ops.linear_token_loss): no [tokens, V] logits or logits gradient.
+    # SFT, pretraining, DPO with dpo.forward=separate, RLVR's policy loss (PPO and GRPO).
     fused_output: bool = False
 
     def __post_init__(self) -> None:
@@ -76,12 +76,6 @@ class TrainingConfig:
         check_int("exit_interval", self.exit_interval, minimum=0)
         check_bool("offload_reference", self.offload_reference)
         check_bool("fused_output", self.fused_output)
-        if self.fused_output and self.stage not in ("pretrain", "sft", "dpo"):
-            raise ValueError(
-                f"fused_output (true) is for stages 'pretrain', 'sft' and 'dpo', not "
-                f"{self.stage!r}: its loss must be linear in the token log-probs with weights "
-                "known before the forward (RLVR's is not); set training.fused_output=false"
-            )
         self.resume = str(self.resume)
         if self.resume not in ("auto", "latest", "none") and not self.resume.isdigit():
             raise ValueError(

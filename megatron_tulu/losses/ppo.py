@@ -32,7 +32,8 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_tulu.losses.logprobs import Batch, label_logprobs
-from megatron_tulu.ops import entropy, kl
+from megatron_tulu.models.output_head import OutputHead
+from megatron_tulu.ops import entropy, kl, linear_token_loss
 from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 KL_ESTIMATORS = ("k1", "k3")
@@ -63,29 +64,77 @@ def clipped_policy_terms(
     return torch.maximum(unclipped, clipped), ratio, log_ratio, unclipped < clipped
 
 
+def _policy_tokens(
+    logp: torch.Tensor, batch: Batch, clip: float, kl_beta: float, kl_estimator: str | None,
+    rows: slice = slice(None),
+) -> torch.Tensor:  # fmt: skip
+    """Masked per-token policy loss (clipped surrogate, + kl_beta * KL to the reference with
+    ``kl_estimator``) of the log-probs ``logp`` of the batch's flattened tokens ``rows``
+    (every token by default, in the batch's shape)."""
+
+    def col(key: str) -> torch.Tensor:
+        return batch[key] if rows == slice(None) else batch[key].reshape(-1)[rows]
+
+    per_token = clipped_policy_terms(logp, col("old_logp"), col("advantages"), clip)[0]
+    if kl_estimator is not None:  # GRPO: the KL to the reference is a loss term
+        per_token = per_token + kl_beta * kl_penalty(logp, col("ref_logp"), kl_estimator)
+    return per_token * col("loss_mask")
+
+
+def _fused_policy_loss(
+    output: torch.Tensor, batch: Batch, head: OutputHead, vocab_size: int, clip: float,
+    temperature: float, kl_beta: float, kl_estimator: str | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss sum, log-probs, entropy) with the output layer run here on the last stage's hidden
+    states (``training.fused_output``): each chunk's per-token losses and their derivatives come
+    from :func:`_policy_tokens` through autograd on that chunk's log-probs."""
+
+    def token_loss(logp: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = logp.detach().requires_grad_()
+        with torch.enable_grad():
+            per_token = _policy_tokens(x, batch, clip, kl_beta, kl_estimator, slice(a, b))
+            (grad,) = torch.autograd.grad(per_token.sum(), x)
+        return per_token.detach(), grad
+
+    fused = linear_token_loss(
+        output.to(head.weight.dtype), head.weight, batch["labels"], token_loss,
+        temperature=temperature, vocab_size=vocab_size, tp_group=head.tp_group, with_entropy=True,
+    )  # fmt: skip
+    return fused.total, fused.logprobs, fused.entropy
+
+
 def policy_loss(
     batch: Batch, output: torch.Tensor, *, vocab_size: int, clip: float,
     temperature: float = 1.0, kl_beta: float = 0.0, kl_estimator: str | None = None,
+    head: OutputHead | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """Clipped surrogate loss over the micro-batch's response tokens (needs ``old_logp`` and
     ``advantages``; with ``kl_estimator`` also ``ref_logp``). The report "policy" is [loss sum,
-    tokens, clipped tokens, entropy sum, approx KL(old||new) sum, KL-to-reference sum]."""
+    tokens, clipped tokens, entropy sum, approx KL(old||new) sum, KL-to-reference sum].
+
+    With ``head`` (``training.fused_output``), ``output`` is the hidden states and the output
+    layer runs inside the loss (:func:`megatron_tulu.ops.linear_token_loss`)."""
     mask = batch["loss_mask"]
-    logp = label_logprobs(output, batch, vocab_size, temperature)
-    per_token, ratio, log_ratio, was_clipped = clipped_policy_terms(
-        logp, batch["old_logp"], batch["advantages"], clip
-    )
-    kl_sum = output.new_zeros((), dtype=torch.float32)
-    if kl_estimator is not None:  # GRPO: the KL to the reference is a loss term
-        kl_tok = kl_penalty(logp, batch["ref_logp"], kl_estimator)
-        per_token = per_token + kl_beta * kl_tok
-        kl_sum = (kl_tok.detach() * mask).sum()
-    loss = (per_token * mask).sum()
+    if head is None:
+        logp = label_logprobs(output, batch, vocab_size, temperature)
+        loss = _policy_tokens(logp, batch, clip, kl_beta, kl_estimator).sum()
+        with torch.no_grad():
+            ent = entropy(
+                output.detach(), temperature=temperature, vocab_size=vocab_size,
+                tp_group=ps.get_tensor_model_parallel_group(),
+            )  # fmt: skip
+        logp = logp.detach()
+    else:
+        loss, logp, ent = _fused_policy_loss(
+            output, batch, head, vocab_size, clip, temperature, kl_beta, kl_estimator
+        )
     with torch.no_grad():
-        ent = entropy(
-            output.detach(), temperature=temperature, vocab_size=vocab_size,
-            tp_group=ps.get_tensor_model_parallel_group(),
-        )  # fmt: skip
+        _, ratio, log_ratio, was_clipped = clipped_policy_terms(
+            logp, batch["old_logp"], batch["advantages"], clip
+        )
+        kl_sum = logp.new_zeros((), dtype=torch.float32)
+        if kl_estimator is not None:
+            kl_sum = (kl_penalty(logp, batch["ref_logp"], kl_estimator) * mask).sum()
         clipped_tokens = (was_clipped.float() * mask).sum()
         approx_kl = ((ratio - 1.0 - log_ratio) * mask).sum()  # KL(old || new), k3
         others = torch.stack([mask.sum(), clipped_tokens, (ent * mask).sum(), approx_kl, kl_sum])

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from kernels.entropy import Entropy
 from kernels.kl import KLEstimator
-from kernels.linear_logprobs import LinearLogprobs, LinearLogprobSum
+from kernels.linear_logprobs import LinearLogprobs, LinearTokenLoss, TokenLoss
 from kernels.logprobs import TokenLogprobs
 
 BACKEND_ENV = "MEGATRON_TULU_LOGPROBS_BACKEND"
@@ -40,6 +40,12 @@ class LinearLogprobsOutput(NamedTuple):
 class LinearLogprobSumOutput(NamedTuple):
     total: torch.Tensor  # fp32 scalar sum_i coeff_i * logp_i, differentiable
     logprobs: torch.Tensor  # [...] fp32, no gradient
+
+
+class LinearTokenLossOutput(NamedTuple):
+    total: torch.Tensor  # fp32 scalar: the sum of the token losses, differentiable
+    logprobs: torch.Tensor  # [...] fp32, no gradient
+    entropy: torch.Tensor | None  # [...] fp32, no gradient; None unless with_entropy
 
 
 def resolve_backend(backend: str | None, device: torch.device, env: str = BACKEND_ENV) -> str:
@@ -163,6 +169,40 @@ def linear_logprobs(
     )
 
 
+def linear_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    token_loss: TokenLoss,
+    *,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    tp_group: dist.ProcessGroup | None = None,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    backend: str | None = None,
+    chunk_tokens: int | None = None,
+) -> LinearTokenLossOutput:
+    """A loss that sums per-token functions of the log-probs of softmax(hidden @ weight^T / T),
+    its gradient made in the forward, the logits never whole.
+
+    ``token_loss(logp, a, b) -> (loss, dloss_dlogp)`` gets the log-probs of the flattened
+    tokens a..b (fp32 [b - a]) and returns their losses and derivatives (see
+    ``kernels.linear_logprobs.LinearTokenLoss``). Same layout rules as
+    :func:`linear_logprobs`; one GEMM fewer than it. Backward may run once.
+    """
+    _check_labels(labels, hidden.shape[:-1], "hidden states")
+    impl = resolve_backend(backend, hidden.device)
+    total, logp, ent = LinearTokenLoss.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(), token_loss,
+        _check_temperature(temperature), vocab_size, tp_group, ignore_index, bool(with_entropy),
+        impl, _check_chunk(chunk_tokens),
+    )  # fmt: skip
+    return LinearTokenLossOutput(
+        total, logp.view(labels.shape), ent.view(labels.shape) if with_entropy else None
+    )
+
+
 def linear_logprob_sum(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -179,20 +219,21 @@ def linear_logprob_sum(
     """``sum(coeff * logp)`` of softmax(hidden @ weight^T / T), its gradient made in the forward.
 
     For losses linear in the token log-probs with coefficients known before the forward (SFT:
-    ``-mask / count``; DPO's second pass: the pair coefficients). Same layout rules as
-    :func:`linear_logprobs`; one GEMM fewer than it, and no logits kept (see
-    ``kernels.linear_logprobs.LinearLogprobSum``). ``coeff`` has the labels' shape; ignored
-    tokens count 0 whatever their coefficient. Backward may run once.
+    ``-mask / count``; DPO's second pass: the pair coefficients): :func:`linear_token_loss`
+    with ``coeff`` as the derivatives. ``coeff`` has the labels' shape; ignored tokens count 0
+    whatever their coefficient. Backward may run once.
     """
-    _check_labels(labels, hidden.shape[:-1], "hidden states")
     if coeff.shape != labels.shape:
         raise ValueError(
             f"coeff {tuple(coeff.shape)} must have the labels' shape {tuple(labels.shape)}"
         )
-    impl = resolve_backend(backend, hidden.device)
-    total, logp = LinearLogprobSum.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(),
-        coeff.reshape(-1), _check_temperature(temperature), vocab_size, tp_group, ignore_index,
-        impl, _check_chunk(chunk_tokens),
+    flat = coeff.reshape(-1).float()
+
+    def weighted(logp: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return flat[a:b] * logp, flat[a:b]
+
+    out = linear_token_loss(
+        hidden, weight, labels, weighted, temperature=temperature, vocab_size=vocab_size,
+        tp_group=tp_group, ignore_index=ignore_index, backend=backend, chunk_tokens=chunk_tokens,
     )  # fmt: skip
-    return LinearLogprobSumOutput(total, logp.view(labels.shape))
+    return LinearLogprobSumOutput(out.total, out.logprobs)

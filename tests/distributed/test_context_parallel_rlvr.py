@@ -55,7 +55,7 @@ def _rollouts():
     )  # fmt: skip
 
 
-def _worker(algorithm: str, cp: int, skip_cp_sums: bool = False):
+def _worker(algorithm: str, cp: int, skip_cp_sums: bool = False, fused_output: bool = False):
     from megatron.core import parallel_state as ps
 
     import megatron_tulu.losses.ppo as ppo
@@ -82,6 +82,7 @@ def _worker(algorithm: str, cp: int, skip_cp_sums: bool = False):
         "value.num_layers=2", f"value.init_from_hf={hf_dir}", "value.lr=1.0",
         "optimizer.optimizer=sgd", "optimizer.lr=1.0", "optimizer.weight_decay=0.0",
         "optimizer.clip_grad=0.0", "optimizer.use_distributed_optimizer=false",
+        f"training.fused_output={str(fused_output).lower()}",
     ])  # fmt: skip
     dims = recipe.resolve_parallel(world)
     init_parallel(dims, seed=0)
@@ -191,6 +192,19 @@ def test_rlvr_learn_at_cp2_equals_cp1(algorithm: str) -> None:
         assert m["value_loss"] > 0.0
     else:
         assert m["kl_k3_loss_term"] > 0.0
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_rlvr_learn_with_the_fused_output_equals_the_logits_path(algorithm: str) -> None:
+    """training.fused_output: the policy loss runs the output layer itself
+    (ops.linear_token_loss; each token's derivative of the clipped surrogate, + GRPO's KL term,
+    taken per chunk). At CP2 against CP1 through full logits: the same weights and metrics
+    within the tolerances above (fp32 sums in chunks of another shape)."""
+    base = _cp1(algorithm)
+    for out in _run(2, algorithm, 2, False, True):
+        for name, weights in base["weights"].items():
+            assert _max_diff(out["weights"][name], weights) <= 1e-5, name
+        _assert_metrics_equal(out["metrics"], base["metrics"])
 
 
 def test_the_ppo_sums_must_be_whole_over_cp() -> None:

@@ -83,11 +83,9 @@ def test_offload_reference_is_a_bool():
         TrainingConfig(offload_reference=1)
 
 
-def test_fused_output_is_for_losses_linear_in_the_logprobs():
-    for stage in ("sft", "pretrain", "dpo"):
+def test_fused_output_is_refused_only_for_the_one_forward_dpo_loss():
+    for stage in ("sft", "pretrain", "dpo", "rlvr"):
         assert TrainingConfig(stage=stage, fused_output=True).fused_output
-    with pytest.raises(ValueError, match=re.escape("not 'rlvr': its loss must be linear")):
-        TrainingConfig(stage="rlvr", fused_output=True)
     dpo = ["training.stage=dpo", "training.fused_output=true"]
     assert load_recipe(None, [*dpo, "dpo.forward=separate"]).training.fused_output
     with pytest.raises(

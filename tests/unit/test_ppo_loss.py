@@ -9,6 +9,7 @@ log-probs are a plain log-softmax.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -101,3 +102,51 @@ def test_policy_loss_on_logits_by_hand(monkeypatch):
     loss.backward()  # the clipped token passes no gradient; the unclipped one does
     assert logits.grad[0, 1].abs().sum().item() == pytest.approx(0.0, abs=1e-7)
     assert logits.grad[0, 0].abs().sum().item() > 0
+
+
+@pytest.mark.parametrize("estimator", [None, "k3"], ids=["ppo", "grpo"])
+def test_fused_output_policy_loss_equals_the_logits_path(monkeypatch, estimator):
+    """training.fused_output: the policy loss from hidden states and the output weight
+    (ops.linear_token_loss, gradients made per chunk from each token's derivative) equals the
+    loss on logits = hidden @ W^T: loss, every report entry and both input gradients, in fp32
+    with chunks of 8 tokens (the same sums in another order: 1e-5). Temperature 0.7, a padded
+    vocabulary (1,000 of 1,024 columns), masked tokens, advantages of both signs so that some
+    tokens clip."""
+    import megatron_tulu.losses.logprobs as lp
+    import megatron_tulu.losses.ppo as ppo
+    from megatron_tulu.models.output_head import OutputHead
+
+    for module in (lp, ppo):
+        monkeypatch.setattr(module.ps, "get_tensor_model_parallel_group", lambda: None)
+    monkeypatch.setenv("MEGATRON_TULU_LOGPROBS_BACKEND", "torch")
+    gen = torch.Generator().manual_seed(5)
+    b, s, h, vocab = 3, 13, 16, 1000
+    hidden = torch.randn(b, s, h, generator=gen)
+    weight = torch.randn(1024, h, generator=gen) * 0.3
+    labels = torch.randint(0, vocab, (b, s), generator=gen)
+    with torch.no_grad():
+        logp0 = torch.log_softmax((hidden @ weight.t())[..., :vocab] / 0.7, -1)
+        logp0 = logp0.gather(-1, labels[..., None])[..., 0]
+    batch = {
+        "labels": labels,
+        "loss_mask": (torch.rand(b, s, generator=gen) > 0.3).float(),
+        "old_logp": logp0 + 0.3 * torch.randn(b, s, generator=gen),
+        "advantages": torch.randn(b, s, generator=gen),
+        "ref_logp": logp0 + 0.2 * torch.randn(b, s, generator=gen),
+    }
+    opts = {"vocab_size": vocab, "clip": CLIP, "temperature": 0.7, "kl_beta": 0.1,
+            "kl_estimator": estimator}  # fmt: skip
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    want, want_count, want_report = policy_loss(batch, h1 @ w1.t(), **opts)
+    want.backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    monkeypatch.setattr(ppo, "linear_token_loss", partial(ppo.linear_token_loss, chunk_tokens=8))
+    got, got_count, got_report = policy_loss(batch, h2, head=OutputHead(w2, None), **opts)
+    got.backward()
+    assert got_count == want_count
+    assert got_report["policy"][2] > 0  # some tokens clipped
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_report["policy"], want_report["policy"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h2.grad, h1.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w2.grad, w1.grad, atol=1e-5, rtol=1e-4)
+    assert w2.grad[vocab:].abs().max() == 0  # padded output rows: no gradient

@@ -111,7 +111,7 @@ def learn(
     policy_step = forward_step(partial(
         policy_loss, vocab_size=vocab, clip=rl.clip_ratio, temperature=rl.temperature,
         kl_beta=rl.kl_beta, kl_estimator="k3" if rl.algorithm == "grpo" else None,
-    ))  # fmt: skip
+    ), fused_output=recipe.training.fused_output)  # fmt: skip
     value_step = forward_step(partial(value_loss, clip=rl.value_clip, coef=rl.value_coef))
     totals = torch.zeros(6, dtype=torch.float64)
     value_totals = torch.zeros(2, dtype=torch.float64)
