@@ -4,7 +4,7 @@ The model is written once: megatron-core's ``GPTModel`` with Llama's choices (GQ
 RMSNorm, no biases, untied embeddings, RoPE theta 500000 with llama3 frequency scaling). Which
 layer implementation runs is a spec decision: Transformer Engine's layers when TE imports on a
 CUDA machine, megatron-core's local layers (plus our :class:`LlamaRMSNorm` and
-:class:`SwiGLUMLP`) otherwise.
+:class:`SwiGLUMLP`, and our fused RoPE where TE is absent: ``models/rope.py``) otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from megatron_tulu.config import ModelConfig, ParallelDims
 from megatron_tulu.config.training import ATTENTION_BACKENDS
 from megatron_tulu.models.mlp import SwiGLUMLP
 from megatron_tulu.models.norm import LlamaRMSNorm
-from megatron_tulu.models.rope import llama3_inv_freq
+from megatron_tulu.models.rope import install_rope_fusion, llama3_inv_freq
 from megatron_tulu.models.sdpa_attention import SDPAttention
 from megatron_tulu.platform import ensure_platform, has_cuda
 
@@ -127,12 +127,14 @@ def transformer_config(
         # Initialise full weights on the CPU from one generator, then shard: every TP/PP layout
         # starts from the same numbers, which the parity tests rely on.
         use_cpu_initialization=not on_gpu,
-        # Fused kernels are CUDA-only; the unfused paths compute the same function.
+        # megatron's fused kernels are CUDA-only; the unfused paths compute the same function.
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        apply_rope_fusion=False,
+        # Our fused RoPE in megatron's empty fused-RoPE slot for the local spec (Triton on CUDA,
+        # megatron's unfused code on CPU); the TE spec keeps megatron's unfused RoPE, as before.
+        apply_rope_fusion=install_rope_fusion(transformer_engine=options.te()),
         gradient_accumulation_fusion=False,
         # gloo pairs two-way batched p2p messages in post order: wrong results (platform notes).
         batch_p2p_comm=on_gpu,
@@ -150,7 +152,8 @@ def layer_spec(
 ):
     """TE layer spec on CUDA with TE; otherwise the local spec with our RMSNorm and SwiGLU MLP
     (fused Triton kernels on CUDA, see ops/fused.py) and SDPA core attention where
-    ``options.sdpa(cp)``."""
+    ``options.sdpa(cp)``. (The local spec's fused RoPE is chosen by the config's
+    ``apply_rope_fusion``, see :func:`transformer_config`.)"""
     if options.te():
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,

@@ -1,13 +1,16 @@
-"""The model's fused elementwise ops for the local layer spec: RMSNorm and SwiGLU, each through a
-Triton kernel (:mod:`kernels.rmsnorm`, :mod:`kernels.swiglu`) or its unfused torch reference.
+"""The model's fused elementwise ops for the local layer spec: RMSNorm, SwiGLU and RoPE, each
+through a Triton kernel (:mod:`kernels.rmsnorm`, :mod:`kernels.swiglu`, :mod:`kernels.rope`) or its
+unfused torch reference.
 
-Both paths compute the same function (the kernels' docstrings state the exact semantics: Hugging
-Face's ``LlamaRMSNorm``; megatron's ``silu(gate) * up``). Backends: ``"triton"`` (CUDA, or CPU
-under the Triton interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported) and
-``"torch"``. ``"auto"`` picks triton for CUDA tensors and torch otherwise; force one with
-``backend=`` or the environment variable ``MEGATRON_TULU_FUSED_BACKEND`` (the argument wins).
-The Triton paths are tested against the references under the interpreter on CPU; their GPU speed
-is not measured yet (no GPU lent so far; ``benchmarks/kernels/bench_fused_gpu.py``).
+All paths compute the same function (the kernels' docstrings state the exact semantics: Hugging
+Face's ``LlamaRMSNorm``; megatron's ``silu(gate) * up``; megatron's unfused rotate-half RoPE).
+Backends: ``"triton"`` (CUDA, or CPU under the Triton interpreter when ``TRITON_INTERPRET=1`` was
+set before triton was imported) and ``"torch"``. ``"auto"`` picks triton for CUDA tensors and torch
+otherwise; force one with ``backend=`` or the environment variable ``MEGATRON_TULU_FUSED_BACKEND``
+(the argument wins). The Triton paths are tested against the references under the interpreter on
+CPU; their GPU speed is not measured yet (no GPU lent so far; ``benchmarks/kernels/
+bench_fused_gpu.py``). RoPE reaches the model through megatron's fused-RoPE slot
+(:func:`megatron_tulu.models.rope.install_rope_fusion`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from kernels.rmsnorm import rms_norm_torch, rms_norm_triton
+from kernels.rope import rope_torch, rope_triton
 from kernels.swiglu import swiglu_torch, swiglu_triton
 from megatron_tulu.ops.logprobs import resolve_backend
 
@@ -40,3 +44,12 @@ def swiglu(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     if resolve_fused_backend(backend, x.device) == "triton":
         return swiglu_triton(x)
     return swiglu_torch(x)
+
+
+def rope(t: torch.Tensor, freqs: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """Rotary embedding of t [s, b, heads, head_dim] by megatron's fp32 freqs [s, 1, 1, head_dim]
+    (non-interleaved, whole head; anything else is a ValueError). The torch path is megatron's
+    unfused code, bit for bit."""
+    if resolve_fused_backend(backend, t.device) == "triton":
+        return rope_triton(t, freqs)
+    return rope_torch(t, freqs)

@@ -156,12 +156,16 @@ def test_rmsnorm_cuda(dtype: str) -> None:
 
 
 def test_model_with_fused_kernels_matches_hf(tmp_path, monkeypatch) -> None:
-    """The whole tiny model with every RMSNorm and SwiGLU through the Triton kernels
+    """The whole tiny model with every RMSNorm, SwiGLU and RoPE through the Triton kernels
     (interpreted, forced by the environment variable in the spawned rank) against HF
     transformers, forward and one SGD step, with test_parity.py's bounds (logits 1e-4, loss
     1e-5, grad norm rel 1e-5, weights after a step of lr 1 -- the gradients -- 1e-6). On CPU
-    without the interpreter the Triton path raises, so passing means the kernels ran."""
-    from mt_testing.parity import fixed_tokens, hf_reference, layout_worker, make_random_hf_dir
+    without the interpreter the Triton paths raise, so passing means the kernels ran; RoPE goes
+    through megatron's fused-RoPE slot, so its launches are counted too: q and k in each of the
+    4 layers, for each of the 2 micro-batches of forward_logits and of the train step (forward),
+    and of the train step's backward."""
+    from mt_testing.parity import fixed_tokens, hf_reference, make_random_hf_dir
+    from rope_cases import counted_layout_worker
 
     from megatron_tulu.config import OptimizerConfig, model_preset
     from megatron_tulu.ops.fused import FUSED_BACKEND_ENV
@@ -175,10 +179,12 @@ def test_model_with_fused_kernels_matches_hf(tmp_path, monkeypatch) -> None:
     ref = hf_reference(hf_dir=hf_dir, tokens=tokens, optimizer=sgd)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # for the spawned rank only: it starts fresh
     monkeypatch.setenv(FUSED_BACKEND_ENV, "triton")
-    run = run_ranks(
-        layout_worker, 1, model=model, hf_dir=hf_dir, tp=1, pp=1, vpp=None, tokens=tokens,
-        micro_batch_size=2, optimizer=sgd,
+    run, rope_launches = run_ranks(
+        counted_layout_worker, 1, model=model, hf_dir=hf_dir, tp=1, pp=1, vpp=None,
+        tokens=tokens, micro_batch_size=2, optimizer=sgd,
     )[0]  # fmt: skip
+    per_pass = 2 * model.num_layers * 2  # (q, k) x layers x micro-batches
+    assert rope_launches == {"forward": 2 * per_pass, "backward": per_pass}
     assert (run.logits - ref.logits).abs().max().item() <= 1e-4
     assert abs(run.loss - ref.loss) <= 1e-5
     assert run.grad_norm == pytest.approx(ref.grad_norm, rel=1e-5)
