@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""RMSNorm and SwiGLU on one CUDA GPU: the fused Triton kernels (kernels/rmsnorm.py,
-kernels/swiglu.py) vs the unfused torch code (Hugging Face's LlamaRMSNorm; megatron's
-``silu(gate) * up``: what the local spec ran before), forward and forward + backward.
+"""RMSNorm, SwiGLU and RoPE on one CUDA GPU: the fused Triton kernels (kernels/rmsnorm.py,
+kernels/swiglu.py, kernels/rope.py) vs the unfused torch code (Hugging Face's LlamaRMSNorm;
+megatron's ``silu(gate) * up``; megatron's ``_apply_rotary_pos_emb_bshd``: what the local spec ran
+before), forward and forward + backward.
 
 Rows x width as in an 8B / 70B / 405B layer (4 x 4,096 tokens; RMSNorm H = 4,096, 8,192,
 16,384; SwiGLU over [gate | up] of 2 x 14,336, the 8B FFN at TP1), bf16 activations and weights.
+RoPE: the 8B's q [4096, 1, 32, 128] and k [4096, 1, 8, 128] (one sequence of 4,096, TP1,
+contiguous tensors), bf16, with megatron's fp32 freqs [4096, 1, 1, 128].
 Times are CUDA-event medians over ``--reps`` after warm-up. Bandwidth is the minimum traffic over
 the time (RMSNorm forward: read x and w, write y; backward: read x, dy and w, write dx, the fp32
-partial dw and rstd. SwiGLU: read x, write y; then read x and dy, write dx), to be read against
-the device copy bandwidth measured here with a large ``copy_``. Writes JSON to stdout (or
-``--out``) with the GPU, versions and date.
+partial dw and rstd. SwiGLU: read x, write y; then read x and dy, write dx. RoPE: read t and
+freqs, write y; then read dy and freqs, write dt), to be read against the device copy bandwidth
+measured here with a large ``copy_``. Writes JSON to stdout (or ``--out``) with the GPU, versions
+and date.
 
 NOT RUN YET: no GPU has been lent to this project since this script was written; it needs CUDA
 and refuses to run without it. CPU correctness: tests/kernels/test_kernel_fused.py.
@@ -62,7 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_fused_gpu.py needs a CUDA GPU (CPU: see the kernel tests)")
-    from megatron_tulu.ops.fused import rms_norm, swiglu
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    from megatron_tulu.ops.fused import rms_norm, rope, swiglu
 
     def measure(name: str, width: dict, op, x, dy, fwd_bytes: int, bwd_bytes: int) -> list:
         """Forward and forward + backward of ``op(x, backend)`` for both backends."""
@@ -103,6 +109,20 @@ def main() -> None:
         "swiglu", {"ffn": ffn}, lambda t, backend: swiglu(t, backend=backend),
         x, dy, 2 * TOKENS * 3 * ffn, 2 * TOKENS * 5 * ffn,
     )  # fmt: skip
+    seq, head_dim = 4096, 128
+    inv_freq = 1.0 / 500000.0 ** (torch.arange(0, head_dim, 2, device="cuda").float() / head_dim)
+    angles = torch.outer(torch.arange(seq, device="cuda").float(), inv_freq)
+    freqs = torch.cat((angles, angles), dim=-1)[:, None, None, :]
+
+    def rope_op(t, backend):
+        if backend == "triton":
+            return rope(t, freqs, backend="triton")
+        return _apply_rotary_pos_emb_bshd(t, freqs)  # megatron's own unfused code
+
+    for heads in (32, 8):  # q, k
+        t = torch.randn(seq, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+        moved = 2 * t.numel() * t.element_size() + freqs.numel() * 4
+        rows += measure("rope", {"heads": heads}, rope_op, t, torch.randn_like(t), moved, moved)
     result = {
         "command": "python benchmarks/kernels/bench_fused_gpu.py",
         "date": date.today().isoformat(),

@@ -54,7 +54,14 @@ def test_fused_bench_summary_line() -> None:
         {"op": "rmsnorm", "hidden": 4096, "backend": "triton", "forward_backward_ms": 1.0},
         {"op": "swiglu", "ffn": 14336, "backend": "torch", "forward_backward_ms": 5.0},
         {"op": "swiglu", "ffn": 14336, "backend": "triton", "forward_backward_ms": 4.0},
+        {"op": "rope", "heads": 32, "backend": "torch", "forward_backward_ms": 2.0},
+        {"op": "rope", "heads": 32, "backend": "triton", "forward_backward_ms": 0.5},
+        {"op": "rope", "heads": 8, "backend": "torch", "forward_backward_ms": 1.0},
+        {"op": "rope", "heads": 8, "backend": "triton", "forward_backward_ms": 0.5},
     ]
     line = tool._fused_summary("log line\n" + json.dumps({"rows": rows}))
-    assert line == "fused fwd+bwd speed-up vs torch: rmsnorm4096 x3.00 swiglu14336 x1.25"
+    assert line == (
+        "fused fwd+bwd speed-up vs torch: rmsnorm4096 x3.00 swiglu14336 x1.25 rope32 x4.00 "
+        "rope8 x2.00"
+    )
     assert tool._fused_summary("no json here") == ""
