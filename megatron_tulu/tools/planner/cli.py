@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--swiglu-fusion",
         action="store_true",
-        help="plan megatron's fused SwiGLU (bias_activation_fusion; off in this codebase)",
+        help="plan a fused SwiGLU (megatron's, or the local spec's Triton one on CUDA)",
     )
     p.add_argument(
         "--fusions",

@@ -59,8 +59,9 @@ class TrainLayout:
     # PP16): first = last = (L + 2) / pp - 1 layers, the same split in the fields above.
     uneven_pipeline: bool = False
     head: str = "lm"  # lm: vocab logits; value: a scalar value head (PPO value model)
-    # megatron's fused SwiGLU (bias_activation_fusion=True) keeps only gate|up and recomputes
-    # the product in the backward; this codebase builds with it off (the unfused GLU).
+    # A fused SwiGLU keeps only gate|up and recomputes the product in the backward: megatron's
+    # (bias_activation_fusion=True), or this codebase's Triton one, which the local spec runs
+    # on CUDA (kernels/swiglu.py; on CPU the unfused GLU runs: plan CPU runs without it).
     swiglu_fusion: bool = False
     # All of megatron's production fusions NVIDIA's recipes enable (and this codebase does not):
     # fused SwiGLU, fused RoPE (no cos/sin tables), gradient-accumulation fusion (weight

@@ -222,9 +222,10 @@ def layer_activation_bytes_per_token(
 
 
 def rope_table_bytes(model: ModelConfig, layout: TrainLayout) -> float:
-    """Per layer and micro-batch: unfused RoPE (this codebase: apply_rope_fusion=False) keeps
-    cos and sin [s, 1, 1, head_dim] for Q and for K, whatever the batch and the heads (none
-    with megatron's fused RoPE)."""
+    """Per layer and micro-batch: unfused RoPE (megatron's, which the local spec runs on CPU)
+    keeps cos and sin [s, 1, 1, head_dim] for Q and for K, whatever the batch and the heads
+    (none with a fused RoPE: megatron's production fusions, or the local spec's Triton one on
+    CUDA, kernels/rope.py, which this term still counts: a few MiB per layer)."""
     if layout.fusions:
         return 0.0
     return 4 * layout.seq_len / layout.cp * model.head_dim * act_bytes(layout.precision)
