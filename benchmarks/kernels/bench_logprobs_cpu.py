@@ -7,6 +7,9 @@ Forward + backward, fp32, V = 128,256 (Llama 3):
     naive = torch.log_softmax(logits, -1).gather(1, labels[:, None])  (the leanest plain form)
   * fused linear + log-probs from hidden [4,096, 4,096] and weight [V, 4,096]:
     ours  = megatron_tulu.ops.linear_logprobs(hidden, weight, labels, backend="torch")
+    ours_sum = megatron_tulu.ops.linear_logprob_sum(hidden, weight, labels, coeff, ...)
+            (the gradient made in the forward: sum(coeff * logp) with the upstream gradient
+            as coeff, so it back-propagates the same thing as the others)
     naive = the same log_softmax + gather on logits = hidden @ weight.T
 
 Memory: every measurement runs in a fresh subprocess (``--case``). After its inputs exist it reads
@@ -19,6 +22,7 @@ fit in the available memory are recorded as skipped. Rounds alternate naive and 
 load from other processes on the machine; times are medians over all timed repetitions.
 
     python benchmarks/kernels/bench_logprobs_cpu.py [--rounds 2] [--reps 2] [--no-linear]
+        [--only-linear] [--out FILE]
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ NOTES = [
     "statistics and works on chunks of 261 tokens (2^25 fp32 values, 128 MiB). Linear: naive",
     "also creates the logits [N, V]; ours makes logits chunks of 261 tokens and recomputes",
     "them in backward (4 GEMMs instead of 3, plus a grad_weight update per chunk).",
+    "ours_sum (linear_logprob_sum, when recorded) makes each chunk's logits gradient and both",
+    "input gradients in the forward, while the chunk's logits exist: 3 GEMMs as naive; its",
+    "backward only scales the stored gradients. Its extra memory therefore peaks in the",
+    "forward (one chunk's logits and logits gradient, with both input gradients already",
+    "allocated, which the extra excludes as for the others).",
     "",
     "The peak comes in backward, when the gradient exists; the forward's chunk buffer is",
     "freed by then. Forward alone (reference / old-policy log-probs under no_grad) holds at",
@@ -82,7 +91,7 @@ def _naive_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def measure(spec: dict) -> dict:
     """Runs one case in this (fresh) process; returns its memory and times."""
-    from megatron_tulu.ops import linear_logprobs, token_logprobs
+    from megatron_tulu.ops import linear_logprob_sum, linear_logprobs, token_logprobs
 
     torch.set_num_threads(spec["threads"])
     gen = torch.Generator().manual_seed(0)
@@ -103,6 +112,8 @@ def measure(spec: dict) -> dict:
         leaves, grad_bytes = [hidden, weight], (n + VOCAB) * h * FP32
         if spec["impl"] == "naive":
             fn = lambda: _naive_logprobs(hidden @ weight.t(), labels)  # noqa: E731
+        elif spec["impl"] == "ours_sum":  # a scalar: backward() without an argument
+            fn = lambda: linear_logprob_sum(hidden, weight, labels, grad_out, backend="torch").total  # noqa: E731
         else:
             fn = lambda: linear_logprobs(hidden, weight, labels, backend="torch").logprobs  # noqa: E731
     rss_before = _status_kib("VmRSS") * 1024
@@ -113,7 +124,8 @@ def measure(spec: dict) -> dict:
         for leaf in leaves:
             leaf.grad = None
         start = time.perf_counter()
-        fn().backward(grad_out)
+        out = fn()
+        out.backward() if out.dim() == 0 else out.backward(grad_out)
         times.append(time.perf_counter() - start)
     peak = _status_kib("VmHWM") * 1024
     return {
@@ -134,6 +146,10 @@ def predicted_bytes(kind: str, impl: str, n: int, h: int) -> int:
         return 2 * logits + (2 * logits if impl == "naive" else 64 * 2**20)
     weights = 2 * (n + VOCAB) * h * FP32
     return weights + (4 * logits if impl == "naive" else 512 * 2**20)
+
+
+def impls(kind: str) -> tuple[str, ...]:
+    return ("naive", "ours", "ours_sum") if kind == "linear" else ("naive", "ours")
 
 
 def run_case(spec: dict) -> dict:
@@ -191,11 +207,15 @@ def sanity_check(threads: int) -> dict:
 
 def derive(case: dict) -> dict:
     """Adds the summaries and ratios computed from ``case["runs"]`` (the recorded raw runs)."""
-    naive, ours = summarise(case["runs"]["naive"]), summarise(case["runs"]["ours"])
-    case = {**case, "naive": naive, "ours": ours}
+    case = {**case, **{impl: summarise(runs) for impl, runs in case["runs"].items()}}
+    naive, ours = case["naive"], case["ours"]
     if naive["status"] == ours["status"] == "ok":
         case["extra_ratio_ours_over_naive"] = ours["extra_gib"] / naive["extra_gib"]
         case["time_ratio_ours_over_naive"] = ours["time_median_s"] / naive["time_median_s"]
+    if naive["status"] == case.get("ours_sum", {}).get("status") == "ok":
+        fused = case["ours_sum"]
+        case["extra_ratio_ours_sum_over_naive"] = fused["extra_gib"] / naive["extra_gib"]
+        case["time_ratio_ours_sum_over_naive"] = fused["time_median_s"] / naive["time_median_s"]
         if case["kind"] == "token":  # the target is set for token log-probs only
             case["meets_target"] = (
                 case["extra_ratio_ours_over_naive"] <= 1 / 8
@@ -225,7 +245,7 @@ def write_markdown(record: dict, path: Path) -> None:
         name = f"{case['kind']} N={case['tokens']:,}"
         if case["kind"] == "linear":
             name += f" h={case['hidden']:,}"
-        for impl in ("naive", "ours"):
+        for impl in case["runs"]:
             summary = case[impl]
             lines.append(
                 f"| {name} | {impl} | {_cell(summary, 'extra_gib', '.3f')} | "
@@ -244,7 +264,13 @@ def write_markdown(record: dict, path: Path) -> None:
             else:
                 line += " (one run each, at different loads: see the notes)"
             lines.append(line)
-        for impl in ("naive", "ours"):
+        if "extra_ratio_ours_sum_over_naive" in case:
+            ratio = case["extra_ratio_ours_sum_over_naive"]
+            lines.append(
+                f"- {name} ours_sum (gradient in the forward): extra x{ratio:.4f} "
+                f"(1/{1 / ratio:.0f}), time x{case['time_ratio_ours_sum_over_naive']:.2f}"
+            )
+        for impl in case["runs"]:
             for run in case["runs"][impl]:
                 if "skipped" in run or "failed" in run:
                     why = run.get("skipped") or run.get("failed")
@@ -269,6 +295,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-linear", action="store_true")
+    parser.add_argument("--only-linear", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--render", action="store_true", help="re-derive --out and its .md only")
     args = parser.parse_args()
@@ -282,15 +309,16 @@ def main() -> None:
         write_markdown(record, args.out.with_suffix(".md"))
         return
     specs = [{"kind": "token", "tokens": n, "warmup": 1, "reps": args.reps} for n in TOKEN_COUNTS]
+    specs = [] if args.only_linear else specs
     if not args.no_linear:  # GEMM-bound: ~1 min per run on 2 cores, one run each
         linear = {"kind": "linear", "tokens": LINEAR_TOKENS, "hidden": LINEAR_HIDDEN}
         specs.append({**linear, "warmup": 0, "reps": 1})
     cases = []
     for spec in specs:
         rounds = 1 if spec["kind"] == "linear" else args.rounds
-        runs: dict[str, list[dict]] = {"naive": [], "ours": []}
+        runs: dict[str, list[dict]] = {impl: [] for impl in impls(spec["kind"])}
         for _ in range(rounds):
-            for impl in ("naive", "ours"):
+            for impl in runs:
                 full = {**spec, "impl": impl, "threads": args.threads}
                 result = run_case(full)
                 result["load_avg_1m"] = os.getloadavg()[0]
