@@ -29,7 +29,25 @@ import torch.distributed as dist
 from kernels.chunking import default_linear_chunk_rows
 from kernels.entropy import combine_entropy, entropy_grad, entropy_stats
 from kernels.logprobs import combine_logprobs, logprob_grad, logprob_stats
-from kernels.vocab_parallel import all_reduce_, chunk_ranges, vocab_shard
+from kernels.vocab_parallel import VocabShard, all_reduce_, chunk_ranges, vocab_shard
+
+
+def _chunking(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    vocab_size: int | None,
+    group: dist.ProcessGroup | None,
+    chunk_rows: int | None,
+) -> tuple[VocabShard, int]:
+    """(this rank's vocabulary shard, tokens per chunk), the shapes checked."""
+    if hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on the "
+            "hidden size (weight is this rank's [V/t, h] output-layer shard)"
+        )
+    num_rows, num_cols = hidden.shape[0], weight.shape[0]
+    shard = vocab_shard(num_cols, vocab_size, group)
+    return shard, chunk_rows or default_linear_chunk_rows(num_rows, num_cols, hidden.shape[1])
 
 
 class LinearLogprobs(torch.autograd.Function):
@@ -52,14 +70,8 @@ class LinearLogprobs(torch.autograd.Function):
         backend: str,
         chunk_rows: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if hidden.shape[-1] != weight.shape[-1]:
-            raise ValueError(
-                f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on the "
-                "hidden size (weight is this rank's [V/t, h] output-layer shard)"
-            )
-        num_rows, num_cols = hidden.shape[0], weight.shape[0]
-        shard = vocab_shard(num_cols, vocab_size, group)
-        rows = chunk_rows or default_linear_chunk_rows(num_rows, num_cols, hidden.shape[1])
+        shard, rows = _chunking(hidden, weight, vocab_size, group, chunk_rows)
+        num_rows = hidden.shape[0]
         labels = labels.contiguous()
         inv_temp = 1.0 / temperature
         lp_stats = torch.empty(3, num_rows, dtype=torch.float32, device=hidden.device)
@@ -179,14 +191,8 @@ class LinearTokenLoss(torch.autograd.Function):
         backend: str,
         chunk_rows: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if hidden.shape[-1] != weight.shape[-1]:
-            raise ValueError(
-                f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on the "
-                "hidden size (weight is this rank's [V/t, h] output-layer shard)"
-            )
-        num_rows, num_cols = hidden.shape[0], weight.shape[0]
-        shard = vocab_shard(num_cols, vocab_size, group)
-        rows = chunk_rows or default_linear_chunk_rows(num_rows, num_cols, hidden.shape[1])
+        shard, rows = _chunking(hidden, weight, vocab_size, group, chunk_rows)
+        num_rows = hidden.shape[0]
         labels = labels.contiguous()
         ignored = labels == ignore_index
         need_hidden, need_weight = ctx.needs_input_grad[:2]

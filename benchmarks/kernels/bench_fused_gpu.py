@@ -123,19 +123,19 @@ def main() -> None:
         t = torch.randn(seq, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
         moved = 2 * t.numel() * t.element_size() + freqs.numel() * 4
         rows += measure("rope", {"heads": heads}, rope_op, t, torch.randn_like(t), moved, moved)
-    result = {
-        "command": "python benchmarks/kernels/bench_fused_gpu.py",
-        "date": date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "tokens": TOKENS,
-        "dtype": "bfloat16",
-        "copy_GBps": copy_bandwidth(args.reps) / 1e9,
-        "rows": rows,
-    }
+    emit("python benchmarks/kernels/bench_fused_gpu.py", args.out, tokens=TOKENS,
+         copy_GBps=copy_bandwidth(args.reps) / 1e9, rows=rows)  # fmt: skip
+
+
+def emit(command: str, out: Path | None, **fields: object) -> None:
+    """Prints the result JSON (command, date, GPU, torch, bf16, then ``fields``); writes it to
+    ``out`` too when given."""
+    result = {"command": command, "date": date.today().isoformat(),
+              "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "dtype": "bfloat16", **fields}  # fmt: skip
     text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
     print(text)
 
 

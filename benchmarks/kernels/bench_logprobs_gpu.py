@@ -30,10 +30,8 @@ and refuses to run without it. CPU correctness: tests/kernels/test_kernel_linear
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
-from datetime import date
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fused_gpu import _time, copy_bandwidth
+from bench_fused_gpu import _time, copy_bandwidth, emit
 
 VOCAB = 128256
 LINEAR_TOKENS = 4096
@@ -155,20 +153,13 @@ def main() -> None:
     for row in rows:
         if row["part"] == "token_logprobs":
             row["forward_fraction_of_copy"] = row["forward_GBps"] * 1e9 / copy
-    result = {
-        "command": "python benchmarks/kernels/bench_logprobs_gpu.py" + " --quick" * args.quick,
-        "date": date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "dtype": "bfloat16",
-        "copy_GBps": copy / 1e9,
-        "note": "linear TFLOPs counts the 3 GEMMs of eager (2*N*h*V each) for every op",
-        "rows": rows,
-    }
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(
+        "python benchmarks/kernels/bench_logprobs_gpu.py" + " --quick" * args.quick,
+        args.out,
+        copy_GBps=copy / 1e9,
+        note="linear TFLOPs counts the 3 GEMMs of eager (2*N*h*V each) for every op",
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

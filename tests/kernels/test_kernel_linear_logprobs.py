@@ -60,10 +60,19 @@ def reference_linear_logprobs(
     return torch.where(labels == IGNORE_INDEX, 0.0, logp), ent
 
 
-def check(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu") -> None:
+def _reference(case: Case, device: str) -> tuple[dict, torch.Tensor, torch.Tensor, dict]:
+    """(inputs, fp32 leaf hidden, fp32 leaf weight, tolerances) of a case."""
     inputs = case_inputs(case)
     hidden = inputs["hidden"].float().requires_grad_()
     weight = inputs["weight"].float().requires_grad_()
+    tol = dict(TOL[case.dtype])
+    if device == "cuda" and case.dtype == "bfloat16":
+        tol["out"] = OUT_TOL_BF16_CUDA
+    return inputs, hidden, weight, tol
+
+
+def check(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu") -> None:
+    inputs, hidden, weight, tol = _reference(case, device)
     dtype = inputs["hidden"].dtype
     logp, ent = reference_linear_logprobs(
         hidden, weight, inputs["labels"], case.temperature, VOCAB, dtype
@@ -72,9 +81,6 @@ def check(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu")
     if case.padded:
         loss = loss + (ent * inputs["grad_b"]).sum()
     loss.backward()
-    tol = dict(TOL[case.dtype])
-    if device == "cuda" and case.dtype == "bfloat16":
-        tol["out"] = OUT_TOL_BF16_CUDA
     assert len(ranks) == case.tp
     for result in ranks:  # every rank holds every token's outputs and the full grad_hidden
         torch.testing.assert_close(result["logprobs"], logp, **tol["out"])
@@ -93,18 +99,13 @@ def check(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu")
 def check_sum(case: Case, ranks: list[dict[str, torch.Tensor]], device: str = "cpu") -> None:
     """linear_logprob_sum with coefficients grad_a under an upstream gradient of 0.5 against
     0.5 * sum(grad_a * logp) of the reference (log-probs only), with check()'s tolerances."""
-    inputs = case_inputs(case)
-    hidden = inputs["hidden"].float().requires_grad_()
-    weight = inputs["weight"].float().requires_grad_()
+    inputs, hidden, weight, tol = _reference(case, device)
     dtype = inputs["hidden"].dtype
     logp, _ = reference_linear_logprobs(
         hidden, weight, inputs["labels"], case.temperature, VOCAB, dtype
     )
     total = (logp * inputs["grad_a"]).sum()
     (0.5 * total).backward()
-    tol = dict(TOL[case.dtype])
-    if device == "cuda" and case.dtype == "bfloat16":
-        tol["out"] = OUT_TOL_BF16_CUDA
     # the total sums 37 log-probs weighted by coefficients ~1: the per-token bound times 37
     tol_total = {k: 37 * v for k, v in tol["out"].items()}
     for result in ranks:
