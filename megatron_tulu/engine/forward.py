@@ -23,6 +23,7 @@ summed over DP only (:mod:`.collect`), so they stay as computed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -88,9 +89,7 @@ def forward_step(loss_fn: LossFn, *, fused_output: bool = False) -> ForwardStep:
         if cp is not None and cp.size() > 1:
             batch = split_for_cp(batch, cp)
             fn = partial(_count_once_per_cp_group, fn, cp.rank())
-        if head is None:
-            return forward_model(model, batch), partial(fn, batch)
-        with hidden_output(model):
+        with hidden_output(model) if head is not None else nullcontext():
             return forward_model(model, batch), partial(fn, batch)
 
     return step
