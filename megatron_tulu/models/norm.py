@@ -27,8 +27,12 @@ class LlamaRMSNorm(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.eps = eps
+        # Where megatron's own layers put their weights: the CPU under use_cpu_initialization,
+        # else the current CUDA device (a model built without DDP -- a frozen reference, the HF
+        # check -- is never moved afterwards).
+        device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
         self.weight = torch.nn.Parameter(
-            torch.ones(hidden_size, dtype=config.params_dtype, device="cpu")
+            torch.ones(hidden_size, dtype=config.params_dtype, device=device)
         )
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 

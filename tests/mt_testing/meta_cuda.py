@@ -1,0 +1,294 @@
+"""A CUDA stand-in on PyTorch's meta device: runs the CUDA code paths without a GPU to find
+tensors left on the wrong device.
+
+The CUDA path's first crashes were all of one kind: a tensor made on the CPU (a report, an
+index, a norm weight) mixed with CUDA tensors, or handed to an NCCL collective. Those are
+device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the meta device
+(shapes and dtypes, no data), so
+
+- ``torch.cuda.is_available()`` is True, ``current_device()`` is 0, and every CUDA device
+  request -- ``device="cuda"``/``0``/``torch.device("cuda", 0)`` in a factory, ``.to("cuda")``,
+  ``.cuda()`` -- lands on meta; megatron builds its weights there (``use_cpu_initialization``
+  off), exactly where it would build them on a GPU;
+- a CPU tensor mixed into a meta computation raises, as a CPU tensor mixed into a CUDA
+  computation does: meta's own kernels check elementwise ops, and the mode checks the rest
+  (matmul, gather, index_select, in-place arithmetic) as CUDA does -- 0-dim CPU scalars,
+  copies and indexing with CPU indices are allowed;
+- the process group reports the ``nccl`` backend (so the code picks its NCCL branches: the
+  communication device, ``reduce_scatter_tensor``) and every collective first checks what
+  NCCL checks -- each tensor must be on the device -- then does nothing (world size 1: every
+  collective is the identity);
+- reading values back -- ``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, ``.to("cpu")``
+  of a meta tensor -- works, as a device-to-host copy does on CUDA; only the numbers are not
+  known here. A small tensor made on the device from host values (``torch.tensor(x,
+  device=...)``, ``torch.zeros(...)``) or copied there, and read back without an op in between
+  (world-size-1 collectives are the identity), reads its host values: flags, counts and
+  indices round-trip. Anything computed reads ones, and bool tensors False (a flag read back
+  says "nothing found": the checks this code makes are ``bad.any()``-style). Code runs on,
+  numbers are meaningless: this checks placement, never values (the CPU tests do that).
+
+What it cannot see: numerics; kernels (Triton and SDPA's flash kernels dispatch on
+``device.type == "cuda"`` and see meta, so the torch references run); anything after a value-
+dependent branch takes the "ones" side only; multi-rank layouts (world size 1 only). megatron's
+own fallbacks that only run without apex/TE and sync on values (its local multi-tensor L2 norm
+builds ``torch.tensor`` from a list of device scalars) get a device-only equivalent.
+
+Use it only in a fresh process (``run_ranks(fn, 1)``): :func:`install` patches torch and
+megatron process-wide, before anything builds a model or a process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
+
+META = torch.device("meta")
+_COLLECTIVES = (
+    "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce",
+    "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all_single",
+    "_all_gather_base", "_reduce_scatter_base",
+)  # fmt: skip
+
+
+class WrongDevice(RuntimeError):
+    """A collective got a tensor NCCL would refuse (not on the CUDA device)."""
+
+
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def _is_cpu(device: Any) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cpu")
+    return isinstance(device, torch.device) and device.type == "cpu"
+
+
+# id(meta tensor) -> (weak reference to it, the host values it was copied from)
+_shadow: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def _remember(device_tensor: torch.Tensor, host: torch.Tensor) -> None:
+    _shadow[id(device_tensor)] = (weakref.ref(device_tensor), host.detach().clone())
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """What a device-to-host copy of meta tensor ``t`` reads: the host values it was made from
+    (kept for small tensors), else ones -- False for a bool tensor."""
+    ref, host = _shadow.get(id(t), (None, None))
+    if ref is not None and ref() is t and host.shape == t.shape:
+        return host.to(t.dtype)
+    return torch.full(t.shape, t.dtype != torch.bool, dtype=t.dtype)
+
+
+_READS = {
+    torch.Tensor.item: lambda t: _host_copy(t).item(),
+    torch.Tensor.__bool__: lambda t: bool(_host_copy(t)),
+    torch.Tensor.__float__: lambda t: float(_host_copy(t)),
+    torch.Tensor.__int__: lambda t: int(_host_copy(t)),
+    torch.Tensor.__index__: lambda t: int(_host_copy(t)),
+    torch.Tensor.tolist: lambda t: _host_copy(t).tolist(),
+    torch.Tensor.numpy: lambda t: _host_copy(t).numpy(),
+    torch.Tensor.cpu: _host_copy,
+}
+# Ops CUDA runs with CPU tensors beside device ones: copies, and indexing with CPU indices.
+_MIXING_OK = {
+    torch.Tensor.copy_, torch.Tensor.to, torch.Tensor.__getitem__, torch.Tensor.__setitem__,
+    torch.Tensor.index_put_, torch.Tensor.index_put, torch.Tensor.set_,
+    torch._has_compatible_shallow_copy_type,  # a query (Module.to asks it), not a computation
+}  # fmt: skip
+
+
+def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    out = []
+    for a in (*args, *kwargs.values()):
+        for t in a if isinstance(a, list | tuple) else (a,):
+            if type(t) in (torch.Tensor, torch.nn.Parameter):
+                out.append(t)
+    return out
+
+
+def _check_mixing(func: Any, args: tuple, kwargs: dict) -> None:
+    """What CUDA refuses and meta kernels let through (matmul, gather, index_select, in-place
+    arithmetic): a CPU tensor of one or more dimensions beside a device tensor."""
+    if func in _MIXING_OK:
+        return
+    tensors = _tensors(args, kwargs)
+    if len(tensors) < 2 or not any(t.is_meta for t in tensors):
+        return
+    for t in tensors:
+        if t.device.type == "cpu" and t.dim() > 0:
+            name = getattr(func, "__name__", str(func))
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two "
+                f"devices, cuda:0 (meta here) and cpu! ({name}: a CPU tensor "
+                f"{tuple(t.shape)} {t.dtype})"
+            )
+
+
+_FACTORIES = (torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.arange)
+_SHADOW_MAX = 1 << 16  # elements: small tensors only (flags, counts, indices)
+
+
+class MetaAsCuda(TorchFunctionMode):
+    """CUDA device requests go to meta, CPU tensors beside meta ones raise, and meta values
+    read back as described in the module docstring."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        first = args[0] if args else None
+        if func is torch.Tensor.cuda:
+            return self.__torch_function__(torch.Tensor.to, types, (first, META))
+        if func is torch.Tensor.pin_memory:  # no pinned allocator without a real accelerator
+            return first
+        if func is torch.Tensor.is_pinned:
+            return False
+        # (tensor subclasses with their own dispatch -- ShardedTensor, DTensor -- pass through)
+        if type(first) in (torch.Tensor, torch.nn.Parameter) and first.is_meta:
+            if func in _READS:
+                return _READS[func](first)
+            if func is torch.Tensor.to and (
+                (len(args) > 1 and _is_cpu(args[1])) or _is_cpu(kwargs.get("device"))
+            ):
+                out = _host_copy(first)
+                dtype = kwargs.get("dtype") or next(
+                    (a for a in args[1:] if isinstance(a, torch.dtype)), None
+                )
+                return out if dtype is None else out.to(dtype)
+        _check_mixing(func, args, kwargs)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return func(*args).replace("torch.meta.", "torch.cuda.")
+        if "device" in kwargs and _is_cuda(kwargs["device"]):
+            kwargs = dict(kwargs, device=META)
+        if kwargs.get("pin_memory"):
+            kwargs = dict(kwargs, pin_memory=False)
+        if func in _FACTORIES and kwargs.get("device") == META:
+            out = func(*args, **kwargs)
+            if out.numel() <= _SHADOW_MAX:
+                _remember(out, func(*args, **dict(kwargs, device="cpu")))
+            return out
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
+            args = (first, META, *args[2:])
+        out = func(*args, **kwargs)
+        if (
+            func is torch.Tensor.to and isinstance(out, torch.Tensor) and out.is_meta
+            and isinstance(first, torch.Tensor) and first.device.type == "cpu"
+            and first.numel() <= _SHADOW_MAX
+        ):  # fmt: skip
+            _remember(out, first)
+        return out
+
+
+def _checked_collective(name: str):
+    original = getattr(dist, name)
+
+    @functools.wraps(original)
+    def collective(*args: Any, **kwargs: Any) -> None:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        tensors += [
+            t for a in (*args, *kwargs.values()) if isinstance(a, list | tuple)
+            for t in a if isinstance(t, torch.Tensor)
+        ]  # fmt: skip
+        for t in tensors:
+            if not t.is_meta:
+                raise WrongDevice(
+                    f"dist.{name} got a {t.device} tensor {tuple(t.shape)} {t.dtype}: NCCL "
+                    "takes CUDA tensors only ('No backend type associated with device type "
+                    f"{t.device.type}')"
+                )
+        if name == "all_gather" and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            _alias(args[0][0], args[1])  # world size 1: the one part is the input
+        elif name == "all_gather_into_tensor" and len(args) >= 2:
+            _alias(args[0], args[1])
+        if kwargs.get("async_op"):
+            return _DoneWork()
+        return None
+
+    return collective
+
+
+def _alias(out: torch.Tensor, inp: torch.Tensor) -> None:
+    ref, host = _shadow.get(id(inp), (None, None))
+    if ref is not None and ref() is inp:
+        _remember(out, host)
+
+
+class _DoneWork:
+    def wait(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+
+class _NoCoalescing(contextlib.AbstractContextManager):
+    """megatron's DDP reduces its buckets under ``dist._coalescing_manager``; the checked
+    collectives inside it already ran (as no-ops)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def wait(self) -> None:
+        pass
+
+
+def _device_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+    """megatron's local multi-tensor L2 norm, without its host round trip of every norm."""
+    norms = torch.stack([torch.linalg.vector_norm(t.float()) for t in tensor_lists[0]])
+    return torch.linalg.vector_norm(norms).reshape(1), None
+
+
+_installed = False
+
+
+def install() -> None:
+    """Makes this process's "cuda" the meta device (see the module docstring). Idempotent."""
+    global _installed
+    if _installed:
+        return
+    import megatron.core.distributed.param_and_grad_buffer as buffers
+    import megatron.core.optimizer.clip_grads as clip_grads
+    import megatron.core.transformer.utils as transformer_utils
+
+    import megatron_tulu.parallel as parallel
+    import megatron_tulu.platform as platform
+    import megatron_tulu.platform.cpu as cpu_layer
+
+    cpu_layer._patch_torch_cuda()  # streams, events, RNG state, synchronize: no-ops / CPU RNG
+    cpu_layer._patch_megatron()
+    cpu_layer._applied = True  # ensure_platform: nothing more to do
+    torch.cuda.is_available = lambda: True
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.max_memory_allocated = lambda device=None: 0
+    torch.cuda.memory_allocated = lambda device=None: 0
+    torch.cuda.reset_peak_memory_stats = lambda device=None: None
+    torch.cuda.empty_cache = lambda: None
+    torch.cuda.nccl.version = lambda: (2, 27, 0)  # asked by c10d's logger under "nccl"
+    transformer_utils.get_default_causal_mask = functools.lru_cache(maxsize=8)(
+        lambda sq: torch.ones(sq, sq, dtype=torch.bool, device=META).triu(1)
+    )
+    platform.dist_backend = parallel.dist_backend = lambda: "gloo"  # the real group: gloo
+    dist.get_backend = lambda group=None: "nccl"  # what the code sees: NCCL
+    for name in _COLLECTIVES:
+        setattr(dist, name, _checked_collective(name))
+    dist.broadcast_object_list = lambda objects, *args, **kwargs: None
+    dist.all_gather_object = lambda out, obj, *args, **kwargs: out.__setitem__(0, obj)
+    dist._coalescing_manager = buffers._coalescing_manager = _NoCoalescing
+    clip_grads.l2_norm_impl = _device_l2_norm
+    MetaAsCuda().__enter__()
+    _installed = True

@@ -1,0 +1,275 @@
+"""Rank worker: the CUDA paths the GPU check runs, on the meta-device CUDA stand-in
+(:mod:`mt_testing.meta_cuda`). Each case returns None when it ran through, else its traceback.
+
+The cases follow ``scripts/gpu_check.sh``: the HF logits check, the step benchmark's SFT
+(fp32, bf16, the fused output layer, full recompute), DPO and PPO steps, the DPO reference
+pass, and RLVR's learning phase (PPO with its value helper; GRPO with the reference offloaded
+to host memory). Checkpoints are not among them: megatron's ``dist_checkpointing`` writes and
+reads values, which meta tensors do not have (the GPU check covers save/resume on a GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny"
+ROWS = 4
+
+
+def _bench_worker() -> Callable[[dict], dict]:
+    path = ROOT / "tools" / "benchmark_step.py"
+    spec = importlib.util.spec_from_file_location("benchmark_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._worker
+
+
+def _step(stage: str, precision: str, *, fused: bool = False, recompute: str = "none"):
+    def case(hf_dir: str) -> None:
+        _bench_worker()({
+            "model": MODEL, "num_layers": 2, "tp": 1, "pp": 1, "micro_batch": 2,
+            "global_batch": 4, "distributed_optimizer": True, "grad_reduce_dtype": "fp32",
+            "steps": 1, "warmup": 0, "precision": precision, "recompute": recompute,
+            "attention": "auto", "seq_len": 16, "stage": stage, "fused_output": fused,
+        })  # fmt: skip
+
+    return case
+
+
+def _built_on_the_device(hf_dir: str) -> None:
+    from megatron_tulu.config import ParallelConfig, model_preset
+    from megatron_tulu.models.llama import build_model_chunks
+    from megatron_tulu.parallel import init_parallel
+
+    model = model_preset(MODEL)
+    init_parallel(ParallelConfig().resolve(1, model), seed=0)
+    chunk = build_model_chunks(model, ParallelConfig().resolve(1, model))[0]
+    tensors = [*chunk.named_parameters(), *chunk.named_buffers()]
+    off = [f"{name} ({t.device})" for name, t in tensors if not t.is_meta]
+    if off:
+        raise AssertionError(f"built off the device: {off}")
+
+
+def _hf_check(hf_dir: str) -> None:
+    from megatron_tulu.tools.hf_check import rank_logits
+
+    tokens = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    logits = rank_logits(hf_dir, tokens, 1, 1, None)
+    assert logits.device.type == "cpu" and logits.shape[:2] == (2, 12), logits.shape
+
+
+def _rows(vocab: int):
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, vocab, (4 + i,), generator=gen).tolist() for i in range(ROWS)]
+    responses = [torch.randint(3, vocab, (6 + i,), generator=gen).tolist() for i in range(ROWS)]
+    return prompts, responses
+
+
+def _dpo_reference(hf_dir: str) -> None:
+    from megatron_tulu.config import ParallelConfig
+    from megatron_tulu.engine.build import build_frozen, freeze
+    from megatron_tulu.engine.microbatch import shift_rows, slice_rows
+    from megatron_tulu.engine.schedule import as_runnable
+    from megatron_tulu.models.hf_io import load_hf_weights, read_hf_config
+    from megatron_tulu.parallel import init_parallel
+    from megatron_tulu.stages.dpo_reference import compute_reference_logps
+
+    model = read_hf_config(hf_dir)
+    dims = ParallelConfig(micro_batch_size=2, global_batch_size=ROWS).resolve(1, model)
+    init_parallel(dims, seed=0)
+    frozen = build_frozen(model=model, dims=dims)
+    load_hf_weights(frozen.chunks, hf_dir, model=model, tp=1, tp_rank=0)
+    frozen = freeze(frozen)
+    prompts, responses = _rows(model.vocab_size)
+    seq = torch.zeros(ROWS, 17, dtype=torch.long)
+    mask = torch.zeros(ROWS, 16)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        seq[i, : len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, len(p) - 1 : len(p) + len(r) - 1] = 1
+    micro = slice_rows(shift_rows(seq, mask), 2)
+    table = compute_reference_logps(
+        as_runnable(frozen.chunks, dims), [(torch.arange(ROWS // 2), micro)],
+        num_pairs=ROWS // 2, vocab_size=model.vocab_size,
+    )  # fmt: skip
+    assert table.device.type == "cpu" and table.shape == (ROWS // 2, 2), table
+
+
+def _rlvr(algorithm: str, offload_reference: bool):
+    def case(hf_dir: str) -> None:
+        from megatron_tulu.config import recipe_from_dict
+        from megatron_tulu.models.llama import BuildOptions
+        from megatron_tulu.parallel import init_parallel
+        from megatron_tulu.stages.rlvr.batch import build_rollout_batch
+        from megatron_tulu.stages.rlvr.generation import Rollouts
+        from megatron_tulu.stages.rlvr.models import build_policy, build_reference, build_value
+        from megatron_tulu.stages.rlvr.update import learn
+
+        recipe = recipe_from_dict({}, [
+            f"model.preset={MODEL}", "parallel.micro_batch_size=2",
+            f"parallel.global_batch_size={ROWS}", "training.stage=rlvr",
+            "training.train_steps=1", f"training.init_from_hf={hf_dir}",
+            f"training.offload_reference={str(offload_reference).lower()}",
+            "training.fused_output=true", f"rlvr.algorithm={algorithm}",
+            f"rlvr.prompts_per_step={ROWS // 2}", "rlvr.samples_per_prompt=2",
+            "rlvr.kl_beta=0.05", "value.num_layers=2", f"value.init_from_hf={hf_dir}",
+        ])  # fmt: skip
+        dims = recipe.resolve_parallel(1)
+        init_parallel(dims, seed=0)
+        options = BuildOptions(attention=recipe.training.attention)
+        policy = build_policy(recipe, dims, options)
+        value = build_value(recipe, dims, options) if algorithm == "ppo" else None
+        reference = build_reference(recipe, dims, options)
+        prompts, responses = _rows(recipe.model.vocab_size)
+        logps = [[-1.0] * len(r) for r in responses]
+        rollouts = Rollouts(
+            prompt_ids=prompts, response_ids=responses, vllm_logprobs=logps,
+            has_eos=[True] * ROWS, correct=[i % 2 == 0 for i in range(ROWS)],
+            datasets=["gsm8k"] * ROWS, policy_version=0,
+        )  # fmt: skip
+        batch = build_rollout_batch(prompts, responses, logps, pad_id=0, multiple=1)
+        learn(recipe, 1, rollouts, batch, policy=policy, value=value, reference=reference)
+
+    return case
+
+
+def _stage(recipe: str, *overrides: str):
+    """A whole stage through the training CLI, one process, two steps, the last saved; on the
+    tiny-task model from random HF weights and the small embedded task (``task`` below)."""
+
+    def case(hf_dir: str) -> None:
+        from megatron_tulu.train import main
+
+        work = Path(os.environ["MT_META_WORK"])
+        stage = Path(recipe).stem
+        argv = [
+            "--recipe", recipe, f"training.output_dir={work / stage}", "parallel.tp=1",
+            "parallel.micro_batch_size=2", "parallel.global_batch_size=4",
+            f"data.task_dir={work / 'task'}", "training.train_steps=2",
+            "training.save_interval=2", "training.init_from_native=null",
+            f"training.init_from_hf={work / 'hf-task'}", *overrides,
+        ]  # fmt: skip
+        code = main(argv)
+        if code != 0:
+            raise AssertionError(f"{recipe}: exit status {code}")
+        if not (work / stage / "checkpoints" / "step_000000002" / "meta.json").is_file():
+            raise AssertionError(f"{recipe}: no checkpoint at step 2")
+
+    return case
+
+
+def prepare_stage_inputs(work: Path) -> None:
+    """The small embedded task and random HF weights of the tiny-task model (parent process)."""
+    from megatron_tulu.config import model_preset
+    from megatron_tulu.data.build_task import TaskConfig, build_task
+    from megatron_tulu.models.synthetic import make_random_hf_dir
+
+    build_task(work / "task", TaskConfig(
+        seed=0, num_sft_train=64, num_pref_train=16, num_rl_train=8, num_eval=8,
+    ))  # fmt: skip
+    make_random_hf_dir(work / "hf-task", model_preset("tiny-task"))
+
+
+CASES: dict[str, Callable[[str], None]] = {
+    "model built on the device": _built_on_the_device,
+    "HF logits check": _hf_check,
+    "SFT step fp32": _step("sft", "fp32"),
+    "SFT step bf16": _step("sft", "bf16"),
+    "SFT step bf16 fused output, full recompute": _step(
+        "sft", "bf16", fused=True, recompute="full"
+    ),
+    "DPO step bf16": _step("dpo", "bf16"),
+    "PPO policy step bf16 fused output": _step("ppo", "bf16", fused=True),
+    "DPO reference pass": _dpo_reference,
+    "RLVR learn PPO (value helper)": _rlvr("ppo", offload_reference=False),
+    "RLVR learn GRPO (reference offloaded)": _rlvr("grpo", offload_reference=True),
+    "SFT stage (CLI), checkpoint saved": _stage("recipes/tulu3-sft-tiny-cpu.yaml"),
+    "DPO stage (CLI), checkpoint saved": _stage("recipes/tulu3-dpo-tiny-cpu.yaml"),
+}
+
+
+def _norm_built_on_the_cpu() -> None:
+    """The deliberate bug (the one this stand-in found): every RMSNorm weight on the CPU."""
+    import megatron_tulu.models.norm as norm
+
+    init = norm.LlamaRMSNorm.__init__
+
+    def cpu_init(self, config, hidden_size, eps=1e-5, **unused):
+        init(self, config, hidden_size, eps, **unused)
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+
+    norm.LlamaRMSNorm.__init__ = cpu_init
+
+
+def meta_cuda_worker(
+    hf_dir: str, names: list[str] | None = None, *, cpu_norm: bool = False
+) -> dict[str, str | None]:
+    """Installs the stand-in, then runs each case; a case's traceback, or None. ``cpu_norm``
+    plants :func:`_norm_built_on_the_cpu` first."""
+    from mt_testing.meta_cuda import install
+
+    install()
+    from megatron_tulu.parallel import destroy_parallel
+
+    if cpu_norm:
+        _norm_built_on_the_cpu()
+    results: dict[str, str | None] = {}
+    for name in names or list(CASES):
+        try:
+            CASES[name](hf_dir)
+            results[name] = None
+        except Exception:
+            results[name] = traceback.format_exc()
+        finally:
+            destroy_parallel()
+    return results
+
+
+def stand_in_self_check() -> dict[str, str]:
+    """What the stand-in itself does with the usual bugs, each as the exception's class name
+    ("" when nothing was raised), and what values read back."""
+    from mt_testing.meta_cuda import install
+
+    install()
+    from megatron_tulu.config import ParallelConfig, model_preset
+    from megatron_tulu.parallel import comm_device, destroy_parallel, init_parallel
+
+    def outcome(fn: Callable[[], object]) -> str:
+        try:
+            fn()
+        except Exception as exc:
+            return type(exc).__name__
+        return ""
+
+    init_parallel(ParallelConfig().resolve(1, model_preset(MODEL)), seed=0)
+    try:
+        dev = torch.ones(3, 4, device="cuda")
+        index = torch.tensor([2, 0, 1]).cuda()
+        flag = torch.tensor([0], device=comm_device())
+        torch.distributed.all_reduce(flag)
+        return {
+            "device": str(dev.device),
+            "cpu operand": outcome(lambda: dev + torch.ones(3, 4)),
+            "cpu scalar": outcome(lambda: dev * torch.tensor(2.0)),
+            "cpu matmul": outcome(lambda: dev @ torch.ones(4, 2)),
+            "cpu index to gather": outcome(
+                lambda: dev.gather(1, torch.zeros(3, 1, dtype=torch.long))
+            ),
+            "cpu index to getitem": outcome(lambda: dev[torch.tensor([0, 2])]),
+            "cpu tensor to a collective": outcome(
+                lambda: torch.distributed.all_reduce(torch.ones(2))
+            ),
+            "device tensor to a collective": outcome(lambda: torch.distributed.all_reduce(dev)),
+            "index read back": str(index.cpu().tolist()),
+            "flag read back": str(flag.item()),
+            "computed read back": str((dev * 3).sum().item()),
+            "computed flag": str(bool((dev < 0).any())),
+        }
+    finally:
+        destroy_parallel()
