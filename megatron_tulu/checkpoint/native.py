@@ -41,6 +41,7 @@ from megatron_tulu.checkpoint.layout import (
     step_dir_name,
     write_latest,
 )
+from megatron_tulu.engine.adam import apply_adam_impl
 from megatron_tulu.engine.build import Engine
 
 FORMAT_VERSION = 1
@@ -308,6 +309,9 @@ def load_checkpoint(
         with torch.no_grad():  # fp32 main params are views of the (grad-requiring) weights
             engine.optimizer.load_state_dict(loaded["optimizer"])
         _restore_adam_steps(engine.optimizer, loaded["optimizer"])
+        # the saved param groups bring back the saving run's kernel flags; this run's choice
+        # holds, with each step where its kernel keeps it (engine/adam.py)
+        apply_adam_impl(engine.optimizer, engine.adam_impl)
         engine.scheduler.load_state_dict(meta["scheduler"])
     elif meta["step"] and not weights_only:
         engine.scheduler.step(increment=meta["step"])  # continue the schedule from the step

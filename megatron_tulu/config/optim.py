@@ -17,6 +17,10 @@ Memory options (each planned by ``tools/plan.py``):
   parameters host -> device each step. On a host without a GPU the state is in host memory
   already: the option is accepted and the engine builds megatron's ordinary optimizer
   (see :func:`megatron_tulu.engine.build.megatron_optimizer_config`).
+
+Speed option: ``adam_impl`` -- ``auto`` (torch's fused AdamW on CUDA when megatron-core falls back
+to torch's optimizer, i.e. without TE or apex; foreach on the CPU), ``fused`` or ``foreach``
+(see :mod:`megatron_tulu.engine.adam`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from megatron_tulu.config._validate import (
 OPTIMIZERS = ("adam", "sgd")  # "adam" has AdamW semantics (decoupled weight decay)
 LR_DECAY_STYLES = ("constant", "linear", "cosine")
 GRAD_REDUCE_DTYPES = ("fp32", "bf16")
+ADAM_IMPLS = ("auto", "fused", "foreach")  # as megatron_tulu.engine.adam (torch-free here)
 
 
 @dataclass(kw_only=True)
@@ -55,6 +60,7 @@ class OptimizerConfig:
     grad_reduce_dtype: str = "fp32"  # gradient buffer / DP reduction dtype (bf16: half memory)
     cpu_offload: bool = False  # megatron-core's optimizer_cpu_offload (HybridDeviceOptimizer)
     offload_fraction: float = 1.0  # share of the optimizer state offloaded (with cpu_offload)
+    adam_impl: str = "auto"  # torch AdamW kernel when megatron uses torch's: auto/fused/foreach
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -89,6 +95,7 @@ class OptimizerConfig:
                 "distributed optimizer supports only adam; set use_distributed_optimizer=false"
             )
         check_choice("grad_reduce_dtype", self.grad_reduce_dtype, GRAD_REDUCE_DTYPES)
+        check_choice("adam_impl", self.adam_impl, ADAM_IMPLS)
         check_bool("cpu_offload", self.cpu_offload)
         self.offload_fraction = check_float(
             "offload_fraction", self.offload_fraction, gt=0.0, le=1.0

@@ -30,6 +30,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from megatron_tulu.config import ModelConfig, OptimizerConfig, ParallelDims
+from megatron_tulu.engine.adam import apply_adam_impl, resolve_adam_impl
 from megatron_tulu.models.llama import BuildOptions, build_model_chunks
 from megatron_tulu.parallel import global_groups
 from megatron_tulu.platform import has_cuda
@@ -46,6 +47,7 @@ class Engine:
     scheduler: OptimizerParamScheduler
     options: BuildOptions
     pg: ProcessGroupCollection  # the global groups, or the model's own
+    adam_impl: str = "foreach"  # torch AdamW kernel in use (engine/adam.py); set again on load
 
     def raw_chunks(self) -> list[torch.nn.Module]:
         """The GPTModel chunks inside the DDP (and Float16Module) wrappers."""
@@ -293,6 +295,8 @@ def build_engine(
         megatron_optimizer_config(optimizer, options), wrapped,
         use_gloo_process_groups=False, pg_collection=groups,
     )  # fmt: skip
+    adam_impl = resolve_adam_impl(optimizer.adam_impl, on_gpu=has_cuda())
+    apply_adam_impl(opt, adam_impl)
     scheduler = build_scheduler(opt, optimizer, train_steps)
     return Engine(
         model=model,
@@ -302,4 +306,5 @@ def build_engine(
         scheduler=scheduler,
         options=options,
         pg=groups,
+        adam_impl=adam_impl,
     )

@@ -16,9 +16,13 @@ def has_cuda() -> bool:
 def ensure_platform() -> bool:
     """Makes megatron-core usable on this machine; returns True when the CPU layer is active.
 
-    On CUDA machines nothing is patched. Idempotent.
+    On CUDA machines only megatron's local multi-tensor fallbacks (used without TE and apex)
+    are swapped for device-side ones (:mod:`megatron_tulu.platform.multi_tensor`). Idempotent.
     """
     if has_cuda():
+        from megatron_tulu.platform.multi_tensor import install_multi_tensor_fallbacks
+
+        install_multi_tensor_fallbacks()
         return False
     return apply_cpu_platform_layer()
 

@@ -30,8 +30,8 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
 What it cannot see: numerics; kernels (Triton and SDPA's flash kernels dispatch on
 ``device.type == "cuda"`` and see meta, so the torch references run); anything after a value-
 dependent branch takes the "ones" side only; multi-rank layouts (world size 1 only). megatron's
-own fallbacks that only run without apex/TE and sync on values (its local multi-tensor L2 norm
-builds ``torch.tensor`` from a list of device scalars) get a device-only equivalent.
+own fallbacks used without apex/TE are replaced as on a real GPU: ``ensure_platform`` installs
+the device-side ones (:mod:`megatron_tulu.platform.multi_tensor`), so those run here too.
 
 Use it only in a fresh process (``run_ranks(fn, 1)``): :func:`install` patches torch and
 megatron process-wide, before anything builds a model or a process group.
@@ -245,12 +245,6 @@ class _NoCoalescing(contextlib.AbstractContextManager):
         pass
 
 
-def _device_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
-    """megatron's local multi-tensor L2 norm, without its host round trip of every norm."""
-    norms = torch.stack([torch.linalg.vector_norm(t.float()) for t in tensor_lists[0]])
-    return torch.linalg.vector_norm(norms).reshape(1), None
-
-
 _installed = False
 
 
@@ -260,8 +254,8 @@ def install() -> None:
     if _installed:
         return
     import megatron.core.distributed.param_and_grad_buffer as buffers
-    import megatron.core.optimizer.clip_grads as clip_grads
     import megatron.core.transformer.utils as transformer_utils
+    import torch.optim.optimizer as torch_optimizer
 
     import megatron_tulu.parallel as parallel
     import megatron_tulu.platform as platform
@@ -284,11 +278,14 @@ def install() -> None:
     )
     platform.dist_backend = parallel.dist_backend = lambda: "gloo"  # the real group: gloo
     dist.get_backend = lambda group=None: "nccl"  # what the code sees: NCCL
+    # torch's fused AdamW (what adam_impl "auto" picks on CUDA) has a meta kernel, but its
+    # device check lists real devices only
+    supported = torch_optimizer._get_fused_kernels_supported_devices
+    torch_optimizer._get_fused_kernels_supported_devices = lambda: [*supported(), "meta"]
     for name in _COLLECTIVES:
         setattr(dist, name, _checked_collective(name))
     dist.broadcast_object_list = lambda objects, *args, **kwargs: None
     dist.all_gather_object = lambda out, obj, *args, **kwargs: out.__setitem__(0, obj)
     dist._coalescing_manager = buffers._coalescing_manager = _NoCoalescing
-    clip_grads.l2_norm_impl = _device_l2_norm
     MetaAsCuda().__enter__()
     _installed = True

@@ -57,6 +57,31 @@ def _built_on_the_device(hf_dir: str) -> None:
         raise AssertionError(f"built off the device: {off}")
 
 
+def _cuda_defaults(hf_dir: str) -> None:
+    """On CUDA without TE/apex: torch's fused AdamW (adam_impl auto) with its steps on the
+    device, and the device-side multi-tensor kernels in megatron's slots."""
+    import megatron.core.optimizer.clip_grads as clip_grads
+
+    from megatron_tulu.config import OptimizerConfig, ParallelConfig, model_preset
+    from megatron_tulu.engine.adam import torch_adams
+    from megatron_tulu.engine.build import build_engine
+    from megatron_tulu.parallel import init_parallel
+    from megatron_tulu.platform.multi_tensor import multi_tensor_l2_norm, multi_tensor_scale
+
+    model = model_preset(MODEL, num_layers=1)
+    dims = ParallelConfig().resolve(1, model)
+    init_parallel(dims, seed=0)
+    engine = build_engine(model=model, dims=dims, optimizer=OptimizerConfig(), train_steps=1)
+    adams = torch_adams(engine.optimizer)
+    fused = {g["fused"] for a in adams for g in a.param_groups}
+    if engine.adam_impl != "fused" or not adams or fused != {True}:
+        raise AssertionError(f"adam_impl {engine.adam_impl!r}, {len(adams)} Adams, fused {fused}")
+    if (clip_grads.l2_norm_impl, clip_grads.multi_tensor_scale_impl) != (
+        multi_tensor_l2_norm, multi_tensor_scale,
+    ):  # fmt: skip
+        raise AssertionError("megatron's local multi-tensor fallbacks are still in place")
+
+
 def _hf_check(hf_dir: str) -> None:
     from megatron_tulu.tools.hf_check import rank_logits
 
@@ -178,6 +203,7 @@ def prepare_stage_inputs(work: Path) -> None:
 
 CASES: dict[str, Callable[[str], None]] = {
     "model built on the device": _built_on_the_device,
+    "CUDA defaults: fused AdamW, device-side multi-tensor kernels": _cuda_defaults,
     "HF logits check": _hf_check,
     "SFT step fp32": _step("sft", "fp32"),
     "SFT step bf16": _step("sft", "bf16"),

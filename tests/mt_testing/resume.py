@@ -93,7 +93,20 @@ def train_worker(
                 if die_after_save and step == max(save_at):
                     _die()
         weights = gather_hf_state_dict(engine.raw_chunks(), model=model)
+        from megatron_tulu.engine.adam import torch_adams
+
+        adams = torch_adams(engine.optimizer)
         return {
+            # the kernel flags and step-state dtypes/devices the optimizer ends with
+            "adam_fused": sorted({bool(g["fused"]) for a in adams for g in a.param_groups}),
+            "adam_steps": sorted(
+                {
+                    f"{s['step'].dtype}@{s['step'].device.type}"
+                    for a in adams
+                    for s in a.state.values()
+                    if "step" in s
+                }
+            ),
             "losses": losses,
             "weights": {k: v.to(torch.float32) for k, v in weights.items()},
             "resumed_step": None if info is None else info.step,
