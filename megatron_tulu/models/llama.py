@@ -28,7 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_tulu.config import ModelConfig, ParallelDims
 from megatron_tulu.config.training import ATTENTION_BACKENDS
-from megatron_tulu.models.mlp import SwiGLUMLP
+from megatron_tulu.models.mlp import SwiGLUMLP, quiet_unknown_mlp
 from megatron_tulu.models.norm import LlamaRMSNorm
 from megatron_tulu.models.rope import install_rope_fusion, llama3_inv_freq
 from megatron_tulu.models.sdpa_attention import SDPAttention
@@ -220,21 +220,22 @@ def build_model_chunks(
         else:
             pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
             post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunk = GPTModel(
-            config=config,
-            transformer_layer_spec=layer_spec(
-                config, options, vp_stage, None if pg is None else pg.pp.rank(), pg
-            ),
-            vocab_size=model.padded_vocab_size(dims.tp),
-            max_sequence_length=model.max_position_embeddings,
-            pre_process=pre,
-            post_process=post,
-            share_embeddings_and_output_weights=model.tie_word_embeddings,
-            position_embedding_type="rope",
-            rotary_base=int(model.rope_theta),
-            vp_stage=vp_stage,
-            pg_collection=pg,
-        )
+        with quiet_unknown_mlp():  # our SwiGLUMLP spec, once per layer (models/mlp.py)
+            chunk = GPTModel(
+                config=config,
+                transformer_layer_spec=layer_spec(
+                    config, options, vp_stage, None if pg is None else pg.pp.rank(), pg
+                ),
+                vocab_size=model.padded_vocab_size(dims.tp),
+                max_sequence_length=model.max_position_embeddings,
+                pre_process=pre,
+                post_process=post,
+                share_embeddings_and_output_weights=model.tie_word_embeddings,
+                position_embedding_type="rope",
+                rotary_base=int(model.rope_theta),
+                vp_stage=vp_stage,
+                pg_collection=pg,
+            )
         # Install the exact HF llama3 frequencies (see models/rope.py).
         rotary = chunk.rotary_pos_emb
         rotary.inv_freq = llama3_inv_freq(model).to(rotary.inv_freq.device)

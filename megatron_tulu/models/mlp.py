@@ -11,6 +11,10 @@ scales (MoE), no TE activation. Anything else is refused at construction with th
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.mlp import MLP
@@ -40,3 +44,26 @@ class SwiGLUMLP(MLP):
             raise ValueError("SwiGLUMLP has no per-token scales (a dense Llama MLP, not MoE)")
         intermediate, _ = self.linear_fc1(hidden_states)  # no bias: add_bias_linear is False
         return self.linear_fc2(swiglu(intermediate))
+
+
+_UNKNOWN_MLP = "Unknown MLP type"
+
+
+class _KnownMLP(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_UNKNOWN_MLP)
+
+
+@contextlib.contextmanager
+def quiet_unknown_mlp() -> Iterator[None]:
+    """While our local spec builds its layers, drop megatron's "Unknown MLP type ... Using
+    default kwargs" warning (once per layer): megatron hands its TP group only to an MLP spec of
+    exactly class ``MLP``; :class:`SwiGLUMLP` gets the default (the global TP group) or, for a
+    model on its own groups, the group through the spec's params (``layer_spec``)."""
+    logger = logging.getLogger("megatron.core.transformer.transformer_layer")
+    known = _KnownMLP()
+    logger.addFilter(known)
+    try:
+        yield
+    finally:
+        logger.removeFilter(known)
