@@ -54,7 +54,8 @@ def training_assumptions(
             else ""
         ),
         "activations: Korthikanti et al. 2022 re-derived for Llama as this codebase builds it "
-        "(no dropout, RMSNorm, GQA, V a view of the QKV output, unfused RoPE, "
+        "(no dropout, RMSNorm, GQA, V a view of the QKV output, "
+        + ("fused RoPE, " if layout.rope_fused else "unfused RoPE, ")
         + ("fused SwiGLU" if layout.swiglu_fused else "unfused SwiGLU: 5F per token")
         + (
             ", megatron's fusions (RoPE, grad accumulation, cross entropy)"
@@ -62,12 +63,15 @@ def training_assumptions(
             else ""
         )
         + f"), kernels '{layout.kernels}'"
-        + (" (TE: fused norm, flash attention)" if layout.kernels == "te" else " (local spec)")
+        + {
+            "te": " (TE: fused norm, flash attention)",
+            "triton": " (local spec on CUDA: SDPA flash attention, Triton RMSNorm/SwiGLU/RoPE)",
+        }.get(layout.kernels, " (local spec, unfused)")
         + "; first pipeline rank holds pp micro-batches (interleaved: megatron's warm-up count)",
         "logits: vocab-parallel fp32 [s, b, V/tp] kept for the backward + their fp32 gradient",
         f"reserved per GPU: {reserved_gib:g} GiB (CUDA context, NCCL buffers, fragmentation)",
-        "unfused RoPE keeps cos/sin tables per layer (counted); token inputs and small fp32 "
-        "statistics (RMSNorm rstd) are not counted (negligible)",
+        ("" if layout.rope_fused else "unfused RoPE keeps cos/sin tables per layer (counted); ")
+        + "token inputs and small fp32 statistics (RMSNorm rstd) are not counted (negligible)",
         "transient: the largest layer weight's gradient before it joins main_grad, and the "
         "output layer's backward (logits gradient in the model dtype + a contiguous copy + the "
         "output weight's gradient) beyond the logits' 8 bytes",

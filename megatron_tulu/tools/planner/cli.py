@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernels",
         choices=KERNELS,
         default="te",
-        help="te: GPU (fused norm, flash attention); local: megatron local spec",
+        help="te: Transformer Engine's spec (fused norm, flash attention); triton: the local "
+        "spec as this codebase runs it on CUDA without TE (SDPA flash attention, Triton "
+        "RMSNorm / SwiGLU / RoPE); local: megatron's local spec unfused (as on CPU)",
     )
     p.add_argument(
         "--uneven-pipeline",

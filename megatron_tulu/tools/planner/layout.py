@@ -26,7 +26,12 @@ PRECISIONS = ("bf16", "fp32")
 # te: the CUDA path (Transformer Engine spec: fused RMSNorm, flash attention).
 # local: megatron-core's local spec as this codebase runs it on CPU (unfused RMSNorm and
 # attention: the softmax probabilities are kept unless core attention is recomputed).
-KERNELS = ("te", "local")
+# te: Transformer Engine's spec (fused norm, flash attention); local: megatron's local spec as
+# it runs on CPU (unfused norm, attention, SwiGLU and RoPE); triton: the local spec as this
+# codebase runs it on CUDA without TE -- SDPA (flash) attention, the Triton RMSNorm, SwiGLU and
+# RoPE kernels (kernels/): saved tensors as TE's norm and flash attention, gate|up only for the
+# SwiGLU, no RoPE tables.
+KERNELS = ("te", "local", "triton")
 HEADS = ("lm", "value")
 GRAD_DTYPES = ("fp32", "bf16")  # OptimizerConfig.grad_reduce_dtype
 
@@ -123,7 +128,17 @@ class TrainLayout:
 
     @property
     def swiglu_fused(self) -> bool:
-        return self.swiglu_fusion or self.fusions
+        return self.swiglu_fusion or self.fusions or self.kernels == "triton"
+
+    @property
+    def rope_fused(self) -> bool:
+        """No cos/sin tables: megatron's fused RoPE, or the Triton one of the triton kernels."""
+        return self.fusions or self.kernels == "triton"
+
+    @property
+    def flash_attention(self) -> bool:
+        """Core attention keeps no [s, s] matrix: TE's or SDPA's flash kernels."""
+        return self.kernels in ("te", "triton")
 
     @property
     def grad_bytes(self) -> int:

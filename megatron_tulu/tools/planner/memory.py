@@ -188,7 +188,7 @@ def static_bytes(
 
 def _norm_bytes_per_elem(layout: TrainLayout) -> float:
     a = act_bytes(layout.precision)
-    if layout.kernels == "te":
+    if layout.kernels in ("te", "triton"):  # the fused norms keep their input (+ rstd)
         return a
     return 4 + a  # fp32 copy of the input (the input itself in fp32) + the normalised tensor
 
@@ -216,7 +216,7 @@ def layer_activation_bytes_per_token(
         s = (seq_len or layout.seq_len) / layout.cp
         probs_bytes = 4 + (a if a != 4 else 0)
         total += model.num_attention_heads / t * s * probs_bytes
-    elif layout.kernels == "te":
+    elif layout.flash_attention:
         total += model.num_attention_heads / t * 4  # flash attention's fp32 logsumexp
     return total
 
@@ -224,9 +224,9 @@ def layer_activation_bytes_per_token(
 def rope_table_bytes(model: ModelConfig, layout: TrainLayout) -> float:
     """Per layer and micro-batch: unfused RoPE (megatron's, which the local spec runs on CPU)
     keeps cos and sin [s, 1, 1, head_dim] for Q and for K, whatever the batch and the heads
-    (none with a fused RoPE: megatron's production fusions, or the local spec's Triton one on
-    CUDA, kernels/rope.py, which this term still counts: a few MiB per layer)."""
-    if layout.fusions:
+    (none with a fused RoPE: megatron's production fusions, or the Triton one the local spec
+    runs on CUDA, ``kernels="triton"``: it saves only the shared frequency table)."""
+    if layout.rope_fused:
         return 0.0
     return 4 * layout.seq_len / layout.cp * model.head_dim * act_bytes(layout.precision)
 
