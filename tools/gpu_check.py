@@ -98,8 +98,9 @@ def _bench_8b_full(a: argparse.Namespace, work: Path) -> list[str] | None:
     """The whole 8B (32 layers), seq 4096, one sequence, on one GPU with the distributed
     optimizer off: the planner's layout that fits 141 GB (python tools/plan.py --model
     llama3.1-8b --gpus 1 --hardware H200 --micro-batch 1 --global-batch 1 --seq-len 4096
-    --no-distributed-optimizer --kernels local --recompute full --fused-output
-    --grad-reduce-dtype bf16: 124.6 GiB of 137.4 usable; with fp32 gradients 139.5, no fit)."""
+    --no-distributed-optimizer --kernels triton --recompute full --fused-output
+    --grad-reduce-dtype bf16: 122.0 GiB of 137.4 usable; the unfused local kernels with fp32
+    gradients need 139.5, no fit)."""
     if a.smoke:
         return None
     return _py("tools/benchmark_step.py", "--stage", "sft", "--attention", "sdpa",
