@@ -30,7 +30,7 @@ import torch
 
 from megatron_tulu.engine.context_parallel import model_cp_group, split_for_cp
 from megatron_tulu.engine.microbatch import MicroBatch
-from megatron_tulu.models.output_head import hidden_output, output_head
+from megatron_tulu.models.output_head import OutputHead, hidden_output, output_head
 
 LossOutput = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 LossFn = Callable[[MicroBatch, torch.Tensor], LossOutput]
@@ -96,10 +96,11 @@ def forward_step(loss_fn: LossFn, *, fused_output: bool = False) -> ForwardStep:
 
 
 def _measured(
-    key: str, measure: Callable[[MicroBatch, torch.Tensor], torch.Tensor], batch: MicroBatch,
-    output: torch.Tensor,
+    key: str, measure: Callable[..., torch.Tensor], batch: MicroBatch, output: torch.Tensor,
+    head: OutputHead | None = None,
 ) -> LossOutput:  # fmt: skip
-    value = measure(batch, output.detach())
+    extra = {} if head is None else {"head": head}
+    value = measure(batch, output.detach(), **extra)
     return (
         output.new_zeros(()),
         torch.zeros((), dtype=torch.int, device=output.device),
@@ -107,6 +108,12 @@ def _measured(
     )
 
 
-def measure_step(key: str, measure: Callable[[MicroBatch, torch.Tensor], torch.Tensor]):
-    """A forward-only step reporting ``measure(batch, output)`` (detached) under ``key``."""
-    return forward_step(partial(_measured, key, measure))
+def measure_step(
+    key: str, measure: Callable[..., torch.Tensor], *, fused_output: bool = False
+) -> ForwardStep:
+    """A forward-only step reporting ``measure(batch, output)`` (detached) under ``key``.
+
+    ``fused_output``: on the last stage ``output`` is the hidden states and ``measure`` is called
+    with ``head=`` the output layer (it must accept it: the log-prob measures run the output
+    layer in token chunks, so a forward-only pass never holds the whole logits either)."""
+    return forward_step(partial(_measured, key, measure), fused_output=fused_output)

@@ -16,16 +16,26 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_tulu.models.output_head import OutputHead
-from megatron_tulu.ops import linear_logprob_sum, token_logprobs
+from megatron_tulu.ops import linear_logprob_sum, linear_logprobs, token_logprobs
 from megatron_tulu.parallel.context import cp_all_reduce_sum
 
 Batch = dict[str, torch.Tensor]
 
 
 def label_logprobs(
-    output: torch.Tensor, batch: Batch, vocab_size: int, temperature: float = 1.0
-) -> torch.Tensor:
-    """[b, s] log-probs of ``batch["labels"]`` under ``softmax(logits / temperature)``."""
+    output: torch.Tensor, batch: Batch, vocab_size: int, temperature: float = 1.0,
+    *, head: OutputHead | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """[b, s] log-probs of ``batch["labels"]`` under ``softmax(logits / temperature)``.
+
+    With ``head`` (a forward-only pass under ``training.fused_output``), ``output`` is the last
+    stage's hidden states [b, s, h] and the output layer runs here in token chunks
+    (:func:`megatron_tulu.ops.linear_logprobs`): the [b, s, V/t] logits never exist whole."""
+    if head is not None:
+        return linear_logprobs(
+            output.to(head.weight.dtype), head.weight, batch["labels"], temperature=temperature,
+            vocab_size=vocab_size, tp_group=head.tp_group,
+        ).logprobs  # fmt: skip
     return token_logprobs(
         output, batch["labels"], temperature=temperature, vocab_size=vocab_size,
         tp_group=ps.get_tensor_model_parallel_group(),
@@ -33,11 +43,11 @@ def label_logprobs(
 
 
 def sequence_logprobs(
-    output: torch.Tensor, batch: Batch, vocab_size: int
+    output: torch.Tensor, batch: Batch, vocab_size: int, *, head: OutputHead | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of masked token log-probs [rows], loss-token count [rows]), over the whole
-    sequence on every CP rank (see the module docstring)."""
-    logp = label_logprobs(output, batch, vocab_size)
+    sequence on every CP rank (see the module docstring); ``head`` as :func:`label_logprobs`."""
+    logp = label_logprobs(output, batch, vocab_size, head=head)
     mask = batch["loss_mask"].to(logp.dtype)
     sums = torch.stack([(logp * mask).sum(dim=-1), mask.sum(dim=-1)])  # [2, rows]
     sums = cp_all_reduce_sum(sums, ps.get_context_parallel_group(check_initialized=False))

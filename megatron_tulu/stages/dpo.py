@@ -110,12 +110,14 @@ class PreferenceBatches:
 
 
 def attach_pair_coefficients(
-    micro: list[MicroBatch], model: Runnable, vocab_size: int, *, beta: float, loss_type: str
-) -> list[MicroBatch]:
+    micro: list[MicroBatch], model: Runnable, vocab_size: int, *, beta: float, loss_type: str,
+    fused_output: bool = False,
+) -> list[MicroBatch]:  # fmt: skip
     """Separate pairing (first half of the rows chosen, second half rejected, each micro-batch
     with ``ref_chosen``/``ref_rejected`` of the pairs its rows belong to): runs the policy
-    forward-only, then sets each row's ``coef`` and ``report`` in place."""
-    policy = pair_logps(model, micro, vocab_size, pairing="separate")
+    forward-only (``fused_output``: without whole logits), then sets each row's ``coef`` and
+    ``report`` in place."""
+    policy = pair_logps(model, micro, vocab_size, pairing="separate", fused_output=fused_output)
     rows_len = torch.cat([mb["loss_mask"] for mb in micro]).sum(dim=-1)
     half = rows_len.shape[0] // 2
     lengths = torch.stack([rows_len[:half], rows_len[half:]], dim=1)
@@ -149,6 +151,7 @@ class DPOTask:
     report_key: str = "dpo"
     count_name: str = "pairs"
     tokenizer_ref: dict[str, Any] = field(default_factory=dict)
+    fused_output: bool = False  # training.fused_output: the forward-only passes too
 
     def metrics(self, totals: tuple[float, ...]) -> dict[str, float]:
         """From the summed "dpo" report [loss, pairs, accuracy, chosen reward, rejected reward]."""
@@ -168,8 +171,9 @@ class DPOTask:
     def before_step(self, engine: Engine, micro: list[MicroBatch]) -> None:
         if self.batches.pairing == "separate":
             attach_pair_coefficients(
-                micro, engine, self.vocab_size, beta=self.beta, loss_type=self.loss_type
-            )
+                micro, engine, self.vocab_size, beta=self.beta, loss_type=self.loss_type,
+                fused_output=self.fused_output,
+            )  # fmt: skip
 
     def prepare(self, engine: Engine, *, resuming: bool) -> None:
         """Loads the reference table from the cache, or computes it now (initial weights)."""
@@ -184,6 +188,7 @@ class DPOTask:
             table = compute_reference_logps(
                 engine, self._reference_batches(engine), num_pairs=len(self.batches.dataset),
                 vocab_size=engine.model.vocab_size, pairing=self.batches.pairing,
+                fused_output=self.fused_output,
             )  # fmt: skip
             self.cache.save(table)
         self.batches.reference = table
@@ -233,6 +238,7 @@ def dpo_task(recipe: RecipeConfig, dims: ParallelDims) -> DPOTask:
         forward_step=forward_step(loss, fused_output=recipe.training.fused_output),
         cache=reference_cache(recipe, dataset.fingerprint), beta=beta, loss_type=loss_type,
         vocab_size=vocab, tokenizer_ref=tokenizer_ref(tok_path, data.chat_template),
+        fused_output=recipe.training.fused_output,
     )  # fmt: skip
 
 

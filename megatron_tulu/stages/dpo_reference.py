@@ -25,6 +25,7 @@ from megatron_tulu.engine.forward import measure_step
 from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import Runnable, forward_backward
 from megatron_tulu.losses.logprobs import sequence_logprobs
+from megatron_tulu.models.output_head import OutputHead
 from megatron_tulu.parallel import comm_device
 
 PAIRINGS = ("concat", "separate")
@@ -54,8 +55,10 @@ def split_pairs(
     return torch.cat(out)
 
 
-def _logp_sums(batch: MicroBatch, output: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    return sequence_logprobs(output, batch, vocab_size)[0]
+def _logp_sums(
+    batch: MicroBatch, output: torch.Tensor, vocab_size: int, head: OutputHead | None = None
+) -> torch.Tensor:
+    return sequence_logprobs(output, batch, vocab_size, head=head)[0]
 
 
 @torch.no_grad()
@@ -64,11 +67,16 @@ def pair_logps(
     microbatches: Sequence[MicroBatch],
     vocab_size: int,
     pairing: str = "concat",
+    *,
+    fused_output: bool = False,
 ) -> torch.Tensor:
     """[pairs, 2] (chosen, rejected) log-prob sums of this DP rank's micro-batches, on every
     pipeline rank and on the CPU beside the data (whatever device the model runs on);
-    ``pairing`` says where each pair's rows are (see :func:`split_pairs`)."""
-    step = measure_step("logp", partial(_logp_sums, vocab_size=vocab_size))
+    ``pairing`` says where each pair's rows are (see :func:`split_pairs`); ``fused_output``:
+    the output layer runs in token chunks, no whole logits (``training.fused_output``)."""
+    step = measure_step(
+        "logp", partial(_logp_sums, vocab_size=vocab_size), fused_output=fused_output
+    )
     reports = forward_backward(model, microbatches, forward_step=step, forward_only=True)
     rows = collect(reports, "logp", model.pg, dtype=torch.float64).cpu()
     return split_pairs(rows, microbatches, pairing)
@@ -81,6 +89,7 @@ def compute_reference_logps(
     num_pairs: int,
     vocab_size: int,
     pairing: str = "concat",
+    fused_output: bool = False,
 ) -> torch.Tensor:
     """[num_pairs, 2] on every rank. ``batches`` yields, per global step, (this DP rank's pair
     indices [n], its micro-batches); results of all DP ranks are combined."""
@@ -88,7 +97,9 @@ def compute_reference_logps(
     dp_group = model.pg.dp
     device = comm_device(dp_group)  # the GPU under NCCL
     for indices, microbatches in batches:
-        values = pair_logps(model, microbatches, vocab_size, pairing).to(device)
+        values = pair_logps(model, microbatches, vocab_size, pairing, fused_output=fused_output).to(
+            device
+        )
         indices = indices.to(device)
         idx = [torch.empty_like(indices) for _ in range(dp_group.size())]
         val = [torch.empty_like(values) for _ in range(dp_group.size())]

@@ -117,7 +117,8 @@ def test_dpo_two_forwards_mode_matches_one_forward(tmp_path):
     # float32 sums in another order and micro-batch grouping: |diff| within 1e-5 per step.
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-5)
     assert b[-1]["preference_accuracy"] == pytest.approx(a[-1]["preference_accuracy"])
-    # training.fused_output: the second pass runs the output layer inside its loss.
+    # training.fused_output: the second pass runs the output layer inside its loss; the
+    # reference pass and the coefficient pass run it in token chunks (no whole logits).
     fused = _train(
         "recipes/tulu3-dpo-tiny-cpu.yaml", tmp_path / "fused", *args,
         "dpo.forward=separate", "parallel.micro_batch_size=1", "training.fused_output=true",

@@ -270,3 +270,18 @@ def test_rlvr_recipe_is_the_planners_fastest_fitting_layout(name, capsys):
     text = (ROOT / "recipes" / f"{name}.yaml").read_text()
     assert f"{mine['step_time_s']:.1f} s" in text
     assert f"{mine['memory_gib_per_gpu']:.2f} of 76.6" in text
+
+
+def test_fused_output_shrinks_the_forward_only_logits():
+    """The forward-only log-prob passes (DPO reference, RLVR old / reference log-probs) run the
+    output layer in chunks under fused_output: the [s, V] fp32 logits (2 GiB at 4,096 tokens of
+    the 8B) become the hidden states plus one chunk."""
+    from megatron_tulu.tools.planner.memory import forward_only_activation_bytes
+
+    lay = TrainLayout(global_batch=8, seq_len=4096, kernels="triton")
+    plain = forward_only_activation_bytes(M8, resolve(M8, lay, 8))
+    fused = forward_only_activation_bytes(
+        M8, resolve(M8, dataclasses.replace(lay, fused_output=True), 8)
+    )
+    logits = 4096 * M8.padded_vocab_size(1) * 4
+    assert plain - fused > 0.8 * logits

@@ -20,6 +20,7 @@ from megatron_tulu.engine.microbatch import MicroBatch
 from megatron_tulu.engine.schedule import train_step
 from megatron_tulu.losses.logprobs import label_logprobs
 from megatron_tulu.losses.ppo import kl_penalty, policy_loss, value_loss
+from megatron_tulu.models.output_head import OutputHead
 from megatron_tulu.stages.rlvr.advantages import (
     explained_variance,
     gae,
@@ -43,10 +44,13 @@ class StepOutcome:
 
 
 def response_logprobs(
-    batch: MicroBatch, output: torch.Tensor, *, vocab_size: int, temperature: float
-) -> torch.Tensor:
-    """[b, s] log-probs of the response labels at the sampling temperature (0 elsewhere)."""
-    return label_logprobs(output, batch, vocab_size, temperature) * batch["loss_mask"]
+    batch: MicroBatch, output: torch.Tensor, *, vocab_size: int, temperature: float,
+    head: OutputHead | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """[b, s] log-probs of the response labels at the sampling temperature (0 elsewhere);
+    ``head``: ``output`` is hidden states (``training.fused_output``, no whole logits)."""
+    logp = label_logprobs(output, batch, vocab_size, temperature, head=head)
+    return logp * batch["loss_mask"]
 
 
 def response_values(batch: MicroBatch, output: torch.Tensor) -> torch.Tensor:
@@ -73,8 +77,9 @@ def learn(
     mask = batch.mask
     t0 = time.perf_counter()
     logp_step = measure_step(
-        "token_logp", partial(response_logprobs, vocab_size=vocab, temperature=rl.temperature)
-    )
+        "token_logp", partial(response_logprobs, vocab_size=vocab, temperature=rl.temperature),
+        fused_output=recipe.training.fused_output,
+    )  # fmt: skip
     old_logp = forward_per_token(policy, batch, logp_step, "token_logp")
     with on_device(reference):  # an offloaded reference comes in for this pass only
         ref_logp = (

@@ -357,11 +357,19 @@ def training_memory(model: ModelConfig, rl: ResolvedLayout) -> list[RankMemory]:
 
 def forward_only_activation_bytes(model: ModelConfig, rl: ResolvedLayout) -> float:
     """Peak activations of a forward-only pass (reference / old log-probs / value forward): one
-    layer's working set of one micro-batch plus the fp32 logits (no gradient) on the last rank."""
+    layer's working set of one micro-batch plus the fp32 logits (no gradient) on the last rank.
+    With ``fused_output`` (the log-prob passes run the output layer in token chunks,
+    ``ops.linear_logprobs``) the logits term becomes the hidden states (fp32 and a model-dtype
+    copy) and one chunk's logits in the model dtype and in fp32."""
     lay = rl.layout
     tokens = lay.micro_batch * lay.seq_len / lay.cp
     layer = layer_activation_bytes_per_token(model, lay, keep_probs=lay.kernels == "local")
-    logits = tokens * output_width(model, lay) * 4
+    width = output_width(model, lay)
+    logits = tokens * width * 4
+    if lay.fused_output and lay.head == "lm":
+        a, h = act_bytes(lay.precision), model.hidden_size
+        rows = min(tokens, default_linear_chunk_rows(int(tokens), int(width), h))
+        logits = tokens * h * (4 + a) + rows * width * (a + 4)
     return tokens * layer + logits
 
 
