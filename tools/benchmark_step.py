@@ -60,7 +60,7 @@ def _worker(args: dict) -> dict:
             model=model, dims=dims,
             optimizer=OptimizerConfig(
                 lr=1e-5, use_distributed_optimizer=args["distributed_optimizer"],
-                grad_reduce_dtype=args["grad_reduce_dtype"],
+                grad_reduce_dtype=args["grad_reduce_dtype"], adam_impl=args["adam_impl"],
             ),
             train_steps=args["steps"] + args["warmup"],
             options=BuildOptions(
@@ -110,7 +110,8 @@ def _worker(args: dict) -> dict:
                 times.append(time.perf_counter() - t0)
         peak = (torch.cuda.max_memory_allocated() if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
-        return {"times": times, "peak_bytes": peak, "device": device, "dp": dims.dp}
+        return {"times": times, "peak_bytes": peak, "device": device, "dp": dims.dp,
+                "adam_impl": engine.adam_impl}  # fmt: skip
     finally:
         destroy_parallel()
 
@@ -142,6 +143,7 @@ def bench_train(a: argparse.Namespace) -> dict:
         "tokens_per_s_per_device": tokens / step / a.nproc, "model_tflops_per_device": tflops,
         "peak_tflops": peak, "mfu": (tflops / peak) if peak else None,
         "peak_memory_gib_per_rank": [r["peak_bytes"] / 2**30 for r in results],
+        "adam_impl": results[0]["adam_impl"],
     }  # fmt: skip
 
 
@@ -190,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("fp32", "bf16"),
         default="fp32",
         help="gradient buffer dtype (optimizer.grad_reduce_dtype; bf16 needs --precision bf16)",
+    )
+    p.add_argument(
+        "--adam-impl",
+        choices=("auto", "fused", "foreach"),
+        default="auto",
+        help="torch AdamW kernel without TE/apex (optimizer.adam_impl; auto: fused on CUDA)",
     )
     p.add_argument(
         "--fused-output",

@@ -141,7 +141,8 @@ def _bench_summary(out: str) -> str:
         return ""
     mfu = f" mfu={r['mfu']:.3f}" if r.get("mfu") else ""
     return (f"step_s={r['step_s']:.4g} tokens/s={r['tokens_per_s']:.4g}{mfu} "
-            f"peak_gib={max(r['peak_memory_gib_per_rank']):.3g}")  # fmt: skip
+            f"peak_gib={max(r['peak_memory_gib_per_rank']):.3g} "
+            f"adam={r.get('adam_impl')}")  # fmt: skip
 
 
 def _kernels(a: argparse.Namespace, work: Path) -> list[str] | None:

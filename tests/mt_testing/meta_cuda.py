@@ -79,6 +79,9 @@ _shadow: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
 
 def _remember(device_tensor: torch.Tensor, host: torch.Tensor) -> None:
+    if len(_shadow) > 4096:  # forget the tensors that are gone
+        for key in [k for k, (ref, _) in _shadow.items() if ref() is None]:
+            del _shadow[key]
     _shadow[id(device_tensor)] = (weakref.ref(device_tensor), host.detach().clone())
 
 

@@ -38,6 +38,7 @@ def _step(stage: str, precision: str, *, fused: bool = False, recompute: str = "
             "global_batch": 4, "distributed_optimizer": True, "grad_reduce_dtype": "fp32",
             "steps": 1, "warmup": 0, "precision": precision, "recompute": recompute,
             "attention": "auto", "seq_len": 16, "stage": stage, "fused_output": fused,
+            "adam_impl": "auto",
         })  # fmt: skip
 
     return case
