@@ -48,6 +48,8 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
+from megatron_tulu.platform.cpu import _is_cuda_device as _is_cuda  # "cuda...", device, or index
+
 META = torch.device("meta")
 _COLLECTIVES = (
     "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce",
@@ -58,14 +60,6 @@ _COLLECTIVES = (
 
 class WrongDevice(RuntimeError):
     """A collective got a tensor NCCL would refuse (not on the CUDA device)."""
-
-
-def _is_cuda(device: Any) -> bool:
-    if isinstance(device, str):
-        return device.startswith("cuda")
-    if isinstance(device, torch.device):
-        return device.type == "cuda"
-    return isinstance(device, int) and not isinstance(device, bool)
 
 
 def _is_cpu(device: Any) -> bool:
