@@ -15,9 +15,13 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
   (matmul, gather, index_select, in-place arithmetic) as CUDA does -- 0-dim CPU scalars,
   copies and indexing with CPU indices are allowed;
 - the process group reports the ``nccl`` backend (so the code picks its NCCL branches: the
-  communication device, ``reduce_scatter_tensor``) and every collective first checks what
-  NCCL checks -- each tensor must be on the device -- then does nothing (world size 1: every
-  collective is the identity);
+  communication device, ``reduce_scatter_tensor``, batched p2p) and every tensor collective
+  and point-to-point message first checks what NCCL checks -- each tensor must be on the
+  device -- then does nothing. At world size 1 every collective is the identity; at world
+  size 2+ (spawned ranks, each with this stand-in) the ranks run their own parts of the layout
+  -- TP shards, pipeline stages -- with no tensor crossing between them (a received or
+  gathered buffer keeps what it was allocated with). Object collectives (``all_gather_object``,
+  ``broadcast_object_list``) and barriers are real: they run on the gloo group underneath;
 - reading values back -- ``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, ``.to("cpu")``
   of a meta tensor -- works, as a device-to-host copy does on CUDA; only the numbers are not
   known here. A small tensor made on the device from host values (``torch.tensor(x,
@@ -29,23 +33,27 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
 
 What it cannot see: numerics; kernels (Triton and SDPA's flash kernels dispatch on
 ``device.type == "cuda"`` and see meta, so the torch references run); anything after a value-
-dependent branch takes the "ones" side only; multi-rank layouts (world size 1 only). megatron's
+dependent branch takes the "ones" side only; anything that needs another rank's numbers.
+megatron's
 own fallbacks used without apex/TE are replaced as on a real GPU: ``ensure_platform`` installs
 the device-side ones (:mod:`megatron_tulu.platform.multi_tensor`), so those run here too.
 
-Use it only in a fresh process (``run_ranks(fn, 1)``): :func:`install` patches torch and
-megatron process-wide, before anything builds a model or a process group.
+Use it only in fresh processes (``run_ranks(fn, world_size)``): :func:`install` patches torch
+and megatron process-wide, before anything builds a model or a process group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import os
 import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 from torch.overrides import TorchFunctionMode
 
 from megatron_tulu.platform.cpu import _is_cuda_device as _is_cuda  # "cuda...", device, or index
@@ -133,8 +141,36 @@ def _check_mixing(func: Any, args: tuple, kwargs: dict) -> None:
             )
 
 
+_BACKWARD = {torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad}
 _FACTORIES = (torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.arange)
 _SHADOW_MAX = 1 << 16  # elements: small tensors only (flags, counts, indices)
+
+
+def _backward_in_mode(mode: TorchFunctionMode, func, args, kwargs):
+    """Run a backward entry point with ``mode`` active throughout.
+
+    torch calls a mode's handler with the mode set aside, and the autograd engine runs the
+    backward under the state it was entered with: the whole backward (custom Functions,
+    recompute, sequence-parallel gathers) would run without the stand-in, although it must see
+    "cuda" as meta just like the forward. So the mode is pushed again and autograd's own
+    torch-function check is switched off for the call (left on, it would hand the call straight
+    back here). Nested backward calls (recompute) then run in the mode directly."""
+    if func is torch.Tensor.backward:
+        bound = inspect.signature(torch.Tensor.backward).bind(*args, **kwargs).arguments
+        func, args = torch.autograd.backward, (bound["self"],)
+        kwargs = {
+            "grad_tensors": bound.get("gradient"),
+            "retain_graph": bound.get("retain_graph"),
+            "create_graph": bound.get("create_graph", False),
+            "inputs": bound.get("inputs"),
+        }
+    check = torch.autograd.has_torch_function
+    torch.autograd.has_torch_function = lambda *_: False
+    try:
+        with mode:
+            return func(*args, **kwargs)
+    finally:
+        torch.autograd.has_torch_function = check
 
 
 class MetaAsCuda(TorchFunctionMode):
@@ -146,6 +182,8 @@ class MetaAsCuda(TorchFunctionMode):
         first = args[0] if args else None
         if func is torch.Tensor.cuda:
             return self.__torch_function__(torch.Tensor.to, types, (first, META))
+        if func in _BACKWARD:
+            return _backward_in_mode(self, func, args, kwargs)
         if func is torch.Tensor.pin_memory:  # no pinned allocator without a real accelerator
             return first
         if func is torch.Tensor.is_pinned:
@@ -203,8 +241,11 @@ def _checked_collective(name: str):
                     "takes CUDA tensors only ('No backend type associated with device type "
                     f"{t.device.type}')"
                 )
-        if name == "all_gather" and len(args) >= 2 and isinstance(args[1], torch.Tensor):
-            _alias(args[0][0], args[1])  # world size 1: the one part is the input
+        if name in _ON_HOST and _host_collective(name, original, args, kwargs):
+            pass  # host-made values crossed the ranks for real
+        elif name == "all_gather" and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            for part in args[0]:  # every rank's part reads as this rank's
+                _alias(part, args[1])
         elif name == "all_gather_into_tensor" and len(args) >= 2:
             _alias(args[0], args[1])
         if kwargs.get("async_op"):
@@ -214,10 +255,88 @@ def _checked_collective(name: str):
     return collective
 
 
+# collective -> (the argument whose host values go in, the one that gets the result)
+_ON_HOST = {
+    "broadcast": ("tensor", "tensor"),
+    "all_reduce": ("tensor", "tensor"),
+    "all_gather_into_tensor": ("input_tensor", "output_tensor"),
+}
+_GLOO_DTYPES = {  # what gloo takes in their place
+    torch.bool: torch.uint8,
+    torch.bfloat16: torch.float32,
+    torch.float16: torch.float32,
+}
+
+
+def _host_collective(name: str, original: Any, args: tuple, kwargs: dict) -> bool:
+    """At world size 2+, a collective whose every rank holds host-made values (a shape, a
+    count, a flag: see ``_shadow``) really runs on those values over the gloo group, so what
+    one rank tells another -- the last stage's report shape, a TP rank's count -- arrives.
+    Whether it runs is agreed by all ranks of the group first (one gloo all-reduce), so a
+    computed tensor on any rank makes it a no-op on every rank. Returns whether it ran."""
+    bound = inspect.signature(original).bind(*args, **kwargs).arguments
+    group = bound.get("group")
+    if dist.get_world_size(group) == 1:
+        return False
+    source, target = (bound[k] for k in _ON_HOST[name])
+    src = bound.get("src")
+    if src is None and bound.get("group_src") is not None:
+        src = dist.get_global_rank(group, bound["group_src"])
+    if name == "broadcast" and dist.get_rank() != src:  # only the sender's values matter
+        known = source.numel() <= _SHADOW_MAX
+        host = torch.zeros(source.shape, dtype=source.dtype)
+    else:
+        ref, host = _shadow.get(id(source), (None, None))
+        known = ref is not None and ref() is source and host.shape == source.shape
+    agreed = torch.tensor([int(known)])
+    c10d.all_reduce(agreed, op=dist.ReduceOp.MIN, group=group)
+    if not agreed.item():
+        return False
+    wire = _GLOO_DTYPES.get(source.dtype, source.dtype)
+    host = host.to(wire).clone()
+    if name == "broadcast":
+        c10d.broadcast(host, src=src, group=group)
+        out = host
+    elif name == "all_reduce":
+        c10d.all_reduce(host, op=bound.get("op", dist.ReduceOp.SUM), group=group)
+        out = host
+    else:
+        out = torch.empty(target.shape, dtype=wire)
+        c10d.all_gather_into_tensor(out, host, group=group)
+    _remember(target, out.to(source.dtype))
+    return True
+
+
+def _checked_p2p(name: str):
+    """send/recv/isend/irecv: NCCL's device rule, then nothing (the peer does the same)."""
+
+    def p2p(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> _DoneWork | None:
+        if not tensor.is_meta:
+            raise WrongDevice(
+                f"dist.{name} got a {tensor.device} tensor {tuple(tensor.shape)} "
+                f"{tensor.dtype}: NCCL takes CUDA tensors only"
+            )
+        return _DoneWork() if name.startswith("i") else None
+
+    return p2p
+
+
+def _checked_batch_p2p(ops: list[Any]) -> list[_DoneWork]:
+    for op in ops:
+        if not op.tensor.is_meta:
+            raise WrongDevice(
+                f"dist.batch_isend_irecv got a {op.tensor.device} tensor "
+                f"{tuple(op.tensor.shape)}: NCCL takes CUDA tensors only"
+            )
+    return [_DoneWork() for _ in ops]
+
+
 def _alias(out: torch.Tensor, inp: torch.Tensor) -> None:
     ref, host = _shadow.get(id(inp), (None, None))
     if ref is not None and ref() is inp:
-        _remember(out, host)
+        parts, rest = divmod(out.numel(), max(inp.numel(), 1))
+        if not rest:  # each rank's part of the output reads as this rank's input
+            _remember(out, host.reshape(-1).repeat(parts).reshape(out.shape))
 
 
 class _DoneWork:
@@ -262,7 +381,7 @@ def install() -> None:
     cpu_layer._patch_megatron()
     cpu_layer._applied = True  # ensure_platform: nothing more to do
     torch.cuda.is_available = lambda: True
-    torch.cuda.device_count = lambda: 1
+    torch.cuda.device_count = lambda: int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.cuda.current_device = lambda: 0
     torch.cuda.set_device = lambda device: None
     torch.cuda.max_memory_allocated = lambda device=None: 0
@@ -281,8 +400,11 @@ def install() -> None:
     torch_optimizer._get_fused_kernels_supported_devices = lambda: [*supported(), "meta"]
     for name in _COLLECTIVES:
         setattr(dist, name, _checked_collective(name))
-    dist.broadcast_object_list = lambda objects, *args, **kwargs: None
-    dist.all_gather_object = lambda out, obj, *args, **kwargs: out.__setitem__(0, obj)
+    for name in ("send", "recv", "isend", "irecv"):
+        # P2POp checks its op against c10d's own isend/irecv: patch both names alike
+        setattr(dist, name, _checked_p2p(name))
+        setattr(c10d, name, getattr(dist, name))
+    dist.batch_isend_irecv = _checked_batch_p2p
     dist._coalescing_manager = buffers._coalescing_manager = _NoCoalescing
     MetaAsCuda().__enter__()
     _installed = True

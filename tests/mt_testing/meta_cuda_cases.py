@@ -3,9 +3,11 @@
 
 The cases follow ``scripts/gpu_check.sh``: the HF logits check, the step benchmark's SFT
 (fp32, bf16, the fused output layer, full recompute), DPO and PPO steps, the DPO reference
-pass, and RLVR's learning phase (PPO with its value helper; GRPO with the reference offloaded
-to host memory). Checkpoints are not among them: megatron's ``dist_checkpointing`` writes and
-reads values, which meta tensors do not have (the GPU check covers save/resume on a GPU).
+pass, RLVR's learning phase (PPO with its value helper; GRPO with the reference offloaded
+to host memory), and the SFT and DPO stages through the CLI, which save a checkpoint. At world
+size 2 (:data:`LAYOUT_CASES`) the same paths run as TP2 and PP2 layouts, plus the weight
+push's stream. Checkpoint loading is not among them: torch's DCP reads values into the
+model, which meta tensors do not have (the GPU check covers save/resume on a GPU).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ def _bench_worker() -> Callable[[dict], dict]:
     return module._worker
 
 
-def _step(stage: str, precision: str, *, fused: bool = False, recompute: str = "none"):
+def _step(
+    stage: str, precision: str, *, fused: bool = False, recompute: str = "none", tp: int = 1,
+    pp: int = 1,
+):  # fmt: skip
     def case(hf_dir: str) -> None:
         _bench_worker()({
-            "model": MODEL, "num_layers": 2, "tp": 1, "pp": 1, "micro_batch": 2,
+            "model": MODEL, "num_layers": 2, "tp": tp, "pp": pp, "micro_batch": 2,
             "global_batch": 4, "distributed_optimizer": True, "grad_reduce_dtype": "fp32",
             "steps": 1, "warmup": 0, "precision": precision, "recompute": recompute,
             "attention": "auto", "seq_len": 16, "stage": stage, "fused_output": fused,
@@ -83,12 +88,25 @@ def _cuda_defaults(hf_dir: str) -> None:
         raise AssertionError("megatron's local multi-tensor fallbacks are still in place")
 
 
-def _hf_check(hf_dir: str) -> None:
-    from megatron_tulu.tools.hf_check import rank_logits
+def _hf_check(tp: int = 1, pp: int = 1, vpp: int | None = None):
+    def case(hf_dir: str) -> None:
+        from megatron_tulu.tools.hf_check import rank_logits
 
-    tokens = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
-    logits = rank_logits(hf_dir, tokens, 1, 1, None)
-    assert logits.device.type == "cpu" and logits.shape[:2] == (2, 12), logits.shape
+        tokens = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+        logits = rank_logits(hf_dir, tokens, tp, pp, vpp)
+        rank = int(os.environ.get("RANK", "0"))
+        if rank != _last_stage_tp_root(tp, pp):  # only there: the logits, on the host
+            assert logits is None, f"rank {rank} got logits"
+            return
+        assert logits.device.type == "cpu" and logits.shape[:2] == (2, 12), logits.shape
+
+    return case
+
+
+def _last_stage_tp_root(tp: int, pp: int) -> int:
+    """Global rank of TP rank 0 on the last pipeline stage (megatron's tp-cp-ep-dp-pp order:
+    TP innermost, PP outermost)."""
+    return tp * (pp - 1)
 
 
 def _rows(vocab: int):
@@ -98,7 +116,13 @@ def _rows(vocab: int):
     return prompts, responses
 
 
-def _dpo_reference(hf_dir: str) -> None:
+def _dpo_reference(tp: int = 1, pp: int = 1):
+    return lambda hf_dir: _run_dpo_reference(hf_dir, tp, pp)
+
+
+def _run_dpo_reference(hf_dir: str, tp: int, pp: int) -> None:
+    from megatron.core import parallel_state as ps
+
     from megatron_tulu.config import ParallelConfig
     from megatron_tulu.engine.build import build_frozen, freeze
     from megatron_tulu.engine.microbatch import shift_rows, slice_rows
@@ -108,10 +132,13 @@ def _dpo_reference(hf_dir: str) -> None:
     from megatron_tulu.stages.dpo_reference import compute_reference_logps
 
     model = read_hf_config(hf_dir)
-    dims = ParallelConfig(micro_batch_size=2, global_batch_size=ROWS).resolve(1, model)
+    dims = ParallelConfig(tp=tp, pp=pp, micro_batch_size=2, global_batch_size=ROWS).resolve(
+        tp * pp, model
+    )
     init_parallel(dims, seed=0)
     frozen = build_frozen(model=model, dims=dims)
-    load_hf_weights(frozen.chunks, hf_dir, model=model, tp=1, tp_rank=0)
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    load_hf_weights(frozen.chunks, hf_dir, model=model, tp=tp, tp_rank=tp_rank)
     frozen = freeze(frozen)
     prompts, responses = _rows(model.vocab_size)
     seq = torch.zeros(ROWS, 17, dtype=torch.long)
@@ -127,7 +154,7 @@ def _dpo_reference(hf_dir: str) -> None:
     assert table.device.type == "cpu" and table.shape == (ROWS // 2, 2), table
 
 
-def _rlvr(algorithm: str, offload_reference: bool):
+def _rlvr(algorithm: str, offload_reference: bool, tp: int = 1, pp: int = 1):
     def case(hf_dir: str) -> None:
         from megatron_tulu.config import recipe_from_dict
         from megatron_tulu.models.llama import BuildOptions
@@ -145,8 +172,9 @@ def _rlvr(algorithm: str, offload_reference: bool):
             "training.fused_output=true", f"rlvr.algorithm={algorithm}",
             f"rlvr.prompts_per_step={ROWS // 2}", "rlvr.samples_per_prompt=2",
             "rlvr.kl_beta=0.05", "value.num_layers=2", f"value.init_from_hf={hf_dir}",
+            f"parallel.tp={tp}", f"parallel.pp={pp}",
         ])  # fmt: skip
-        dims = recipe.resolve_parallel(1)
+        dims = recipe.resolve_parallel(tp * pp)
         init_parallel(dims, seed=0)
         options = BuildOptions(attention=recipe.training.attention)
         policy = build_policy(recipe, dims, options)
@@ -165,15 +193,16 @@ def _rlvr(algorithm: str, offload_reference: bool):
     return case
 
 
-def _stage(recipe: str, *overrides: str):
-    """A whole stage through the training CLI, one process, two steps, the last saved; on the
-    tiny-task model from random HF weights and the small embedded task (``task`` below)."""
+def _stage(recipe: str, *overrides: str, tag: str = ""):
+    """A whole stage through the training CLI, two steps, the last saved; on the tiny-task
+    model from random HF weights and the small embedded task (``task`` below). Its output goes
+    to the recipe's name + ``tag`` under the work directory."""
 
     def case(hf_dir: str) -> None:
         from megatron_tulu.train import main
 
         work = Path(os.environ["MT_META_WORK"])
-        stage = Path(recipe).stem
+        stage = Path(recipe).stem + tag
         argv = [
             "--recipe", recipe, f"training.output_dir={work / stage}", "parallel.tp=1",
             "parallel.micro_batch_size=2", "parallel.global_batch_size=4",
@@ -202,10 +231,45 @@ def prepare_stage_inputs(work: Path) -> None:
     make_random_hf_dir(work / "hf-task", model_preset("tiny-task"))
 
 
+def _weight_stream(tp: int = 1, pp: int = 1):
+    """The weight push's trainer side (:func:`stream_policy_hf_weights`): TP gathers and
+    pipeline sends to global rank 0, which gets every HF tensor, full-size, on the device."""
+
+    def case(hf_dir: str) -> None:
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        from megatron_tulu.config import ParallelConfig
+        from megatron_tulu.models.hf_io import load_hf_weights, read_hf_config
+        from megatron_tulu.models.llama import build_model_chunks
+        from megatron_tulu.parallel import init_parallel
+        from megatron_tulu.rollout.checks import hf_tensor_shapes
+        from megatron_tulu.rollout.policy_sync import stream_policy_hf_weights
+
+        model = read_hf_config(hf_dir)
+        dims = ParallelConfig(tp=tp, pp=pp).resolve(tp * pp, model)
+        init_parallel(dims, seed=0)
+        chunks = build_model_chunks(model, dims)
+        tp_rank = ps.get_tensor_model_parallel_rank()
+        load_hf_weights(chunks, hf_dir, model=model, tp=tp, tp_rank=tp_rank)
+        got = [(name, t.device.type, tuple(t.shape)) for name, t in
+               stream_policy_hf_weights(chunks, model=model)]  # fmt: skip
+        if dist.get_rank() != 0:
+            assert not got, f"rank {dist.get_rank()} yielded {len(got)} tensors"
+            return
+        want = {name: ("meta", shape) for name, shape in hf_tensor_shapes(model).items()}
+        streamed = {name: (device, shape) for name, device, shape in got}
+        if len(got) != len(want) or streamed != want:
+            wrong = sorted(n for n in {*want, *streamed} if streamed.get(n) != want.get(n))
+            raise AssertionError(f"{len(got)} tensors (want {len(want)}); wrong: {wrong[:3]}")
+
+    return case
+
+
 CASES: dict[str, Callable[[str], None]] = {
     "model built on the device": _built_on_the_device,
     "CUDA defaults: fused AdamW, device-side multi-tensor kernels": _cuda_defaults,
-    "HF logits check": _hf_check,
+    "HF logits check": _hf_check(),
     "SFT step fp32": _step("sft", "fp32"),
     "SFT step bf16": _step("sft", "bf16"),
     "SFT step bf16 fused output, full recompute": _step(
@@ -213,11 +277,46 @@ CASES: dict[str, Callable[[str], None]] = {
     ),
     "DPO step bf16": _step("dpo", "bf16"),
     "PPO policy step bf16 fused output": _step("ppo", "bf16", fused=True),
-    "DPO reference pass": _dpo_reference,
+    "DPO reference pass": _dpo_reference(),
     "RLVR learn PPO (value helper)": _rlvr("ppo", offload_reference=False),
     "RLVR learn GRPO (reference offloaded)": _rlvr("grpo", offload_reference=True),
     "SFT stage (CLI), checkpoint saved": _stage("recipes/tulu3-sft-tiny-cpu.yaml"),
     "DPO stage (CLI), checkpoint saved": _stage("recipes/tulu3-dpo-tiny-cpu.yaml"),
+}
+# Two ranks, each its part of a TP2 or PP2 layout (sequence parallel with TP). The tensors
+# that cross ranks here -- TP gathers and reductions, pipeline sends, the weight push, the
+# checkpoint's sharded save -- are the ones world size 1 never makes.
+TP2 = {"tp": 2}
+PP2 = {"pp": 2}
+LAYOUT_CASES: dict[str, Callable[[str], None]] = {
+    "TP2 HF logits check": _hf_check(**TP2),
+    "PP2 HF logits check": _hf_check(**PP2),
+    "TP2 SFT step bf16": _step("sft", "bf16", **TP2),
+    "TP2 SFT step bf16 fused output, full recompute": _step(
+        "sft", "bf16", fused=True, recompute="full", **TP2
+    ),
+    "TP2 DPO step bf16": _step("dpo", "bf16", **TP2),
+    "TP2 PPO policy step fp32": _step("ppo", "fp32", **TP2),
+    "PP2 SFT step bf16": _step("sft", "bf16", **PP2),
+    "PP2 SFT step fp32 fused output": _step("sft", "fp32", fused=True, **PP2),
+    "PP2 DPO step bf16": _step("dpo", "bf16", **PP2),
+    "PP2 PPO policy step bf16 fused output": _step("ppo", "bf16", fused=True, **PP2),
+    "TP2 DPO reference pass": _dpo_reference(**TP2),
+    "PP2 DPO reference pass": _dpo_reference(**PP2),
+    "TP2 RLVR learn PPO (value helper)": _rlvr("ppo", offload_reference=False, **TP2),
+    "PP2 RLVR learn GRPO (reference offloaded)": _rlvr("grpo", offload_reference=True, **PP2),
+    "TP2 weight push stream": _weight_stream(**TP2),
+    "PP2 weight push stream": _weight_stream(**PP2),
+    "TP2 SFT stage (CLI), checkpoint saved": _stage(
+        "recipes/tulu3-sft-tiny-cpu.yaml", "parallel.tp=2", tag="-tp2"
+    ),
+    "PP2 DPO stage (CLI) fused output, checkpoint saved": _stage(
+        "recipes/tulu3-dpo-tiny-cpu.yaml",
+        "parallel.pp=2",
+        "training.fused_output=true",
+        "dpo.forward=separate",
+        tag="-pp2",
+    ),
 }
 
 
@@ -234,28 +333,77 @@ def _norm_built_on_the_cpu() -> None:
     norm.LlamaRMSNorm.__init__ = cpu_init
 
 
+def _stage_buffers_on_the_cpu() -> None:
+    """A deliberate pipeline bug: what the last stage hands the others (reports, log-probs)
+    crosses the pipeline group in host memory."""
+    import megatron_tulu.engine.collect as collect
+
+    collect.comm_device = lambda group=None: torch.device("cpu")
+
+
+PLANTS = {"cpu_norm": _norm_built_on_the_cpu, "cpu_stage_buffers": _stage_buffers_on_the_cpu}
+
+
 def meta_cuda_worker(
-    hf_dir: str, names: list[str] | None = None, *, cpu_norm: bool = False
+    hf_dir: str, names: list[str] | None = None, *, plant: str | None = None
 ) -> dict[str, str | None]:
-    """Installs the stand-in, then runs each case; a case's traceback, or None. ``cpu_norm``
-    plants :func:`_norm_built_on_the_cpu` first."""
+    """Installs the stand-in, then runs each case; a case's traceback, or None. ``plant`` (a
+    key of :data:`PLANTS`) plants that bug first."""
     from mt_testing.meta_cuda import install
 
     install()
     from megatron_tulu.parallel import destroy_parallel
 
-    if cpu_norm:
-        _norm_built_on_the_cpu()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    table = CASES if world == 1 else LAYOUT_CASES
+    if world > 1:
+        _one_group_for_all_cases()
+    if plant is not None:
+        PLANTS[plant]()
     results: dict[str, str | None] = {}
-    for name in names or list(CASES):
+    for name in names or list(table):
         try:
-            CASES[name](hf_dir)
+            table[name](hf_dir)
             results[name] = None
         except Exception:
             results[name] = traceback.format_exc()
         finally:
             destroy_parallel()
     return results
+
+
+def _one_group_for_all_cases(timeout_s: float = 120.0) -> None:
+    """World size 2+: one gloo group under every case (the cases' own destroy calls leave it),
+    with a short timeout, so a case that fails on one rank only ends in an error, not a hang
+    in the other rank's next real (object) collective."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    destroy = dist.destroy_process_group
+    dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+
+
+def _device_in_backward() -> str:
+    """Where a custom Function's backward puts a "cuda" tensor (full recompute and megatron's
+    sequence-parallel gathers build tensors there)."""
+    seen: list[str] = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a: torch.Tensor) -> torch.Tensor:
+            return a * 1
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.empty(1, device="cuda").device.type)
+            return grad
+
+    leaf = torch.ones(2, device="cuda", requires_grad=True)
+    Probe.apply(leaf).sum().backward()
+    torch.autograd.grad(Probe.apply(leaf).sum(), leaf)
+    return ",".join(seen)
 
 
 def stand_in_self_check() -> dict[str, str]:
@@ -274,13 +422,37 @@ def stand_in_self_check() -> dict[str, str]:
             return type(exc).__name__
         return ""
 
-    init_parallel(ParallelConfig().resolve(1, model_preset(MODEL)), seed=0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    init_parallel(ParallelConfig().resolve(world, model_preset(MODEL)), seed=0)
     try:
+        dist = torch.distributed
         dev = torch.ones(3, 4, device="cuda")
         index = torch.tensor([2, 0, 1]).cuda()
         flag = torch.tensor([0], device=comm_device())
-        torch.distributed.all_reduce(flag)
-        return {
+        dist.all_reduce(flag)
+        seen = {}
+        if world > 1:  # the pipeline's shape handshake, and NCCL's rule for point-to-point
+            rank, peer = dist.get_rank(), 1 - dist.get_rank()
+            shape = (
+                torch.tensor([7, 5], device="cuda")
+                if rank == 1
+                else torch.empty(2, dtype=torch.long, device="cuda")
+            )
+            dist.broadcast(shape, src=1)
+            count = torch.tensor([rank + 1], device=comm_device())
+            dist.all_reduce(count)
+            send = dist.P2POp(dist.isend, torch.ones(2), peer)
+            seen = {
+                "shape from rank 1": str(shape.tolist()),
+                "host counts summed": str(count.item()),
+                "cpu tensor to send": outcome(lambda: dist.send(torch.ones(2), dst=peer)),
+                "cpu tensor to batch p2p": outcome(lambda: dist.batch_isend_irecv([send])),
+                "device tensor to batch p2p": outcome(
+                    lambda: dist.batch_isend_irecv([dist.P2POp(dist.isend, dev, peer)])
+                ),
+            }
+        return seen | {
+            "device in backward": _device_in_backward(),
             "device": str(dev.device),
             "cpu operand": outcome(lambda: dev + torch.ones(3, 4)),
             "cpu scalar": outcome(lambda: dev * torch.tensor(2.0)),
@@ -289,10 +461,8 @@ def stand_in_self_check() -> dict[str, str]:
                 lambda: dev.gather(1, torch.zeros(3, 1, dtype=torch.long))
             ),
             "cpu index to getitem": outcome(lambda: dev[torch.tensor([0, 2])]),
-            "cpu tensor to a collective": outcome(
-                lambda: torch.distributed.all_reduce(torch.ones(2))
-            ),
-            "device tensor to a collective": outcome(lambda: torch.distributed.all_reduce(dev)),
+            "cpu tensor to a collective": outcome(lambda: dist.all_reduce(torch.ones(2))),
+            "device tensor to a collective": outcome(lambda: dist.all_reduce(dev)),
             "index read back": str(index.cpu().tolist()),
             "flag read back": str(flag.item()),
             "computed read back": str((dev * 3).sum().item()),
