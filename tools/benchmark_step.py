@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fused-output",
         action="store_true",
-        help="sft: the output layer inside the loss (training.fused_output; no full logits)",
+        help="sft, ppo: the output layer inside the loss (training.fused_output; no full logits)",
     )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -220,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if a.stage == "dpo" and a.micro_batch % 2:
                 raise ValueError(f"--micro-batch ({a.micro_batch}) must be even for DPO pairs")
+            if a.stage == "dpo" and a.fused_output:
+                raise ValueError(
+                    "--fused-output with --stage dpo: the benchmark's DPO step is the paired "
+                    "(concatenated) forward, which needs whole logits; training runs it only "
+                    "with dpo.forward=separate (the DPO stage through the CLI)"
+                )
             result = bench_train(a)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

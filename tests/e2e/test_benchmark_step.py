@@ -75,3 +75,5 @@ def test_rlvr_phases_and_bad_input(tmp_path):
     assert med["weight_sync_bytes_per_s"] == 5e7 and "weight_sync_bytes" not in med  # not logged
     assert _tool("--stage", "rlvr").returncode == 2
     assert _tool("--stage", "dpo", "--micro-batch", "3").returncode == 2
+    refused = _tool("--stage", "dpo", "--fused-output")  # not a TypeError deep in the step
+    assert refused.returncode == 2 and "--fused-output with --stage dpo" in refused.stderr
