@@ -62,9 +62,10 @@ def stream_policy_hf_weights(
     chunks: list[torch.nn.Module], *, model: ModelConfig
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Collective generator: on global rank 0 yields every (HF name, full tensor) of the
-    policy, in the order of :func:`megatron_tulu.rollout.checks.hf_tensor_shapes`; elsewhere
-    yields nothing but runs this rank's part (TP gathers, sends to rank 0). Every rank must
-    exhaust it."""
+    policy, the names of :func:`megatron_tulu.rollout.checks.hf_tensor_shapes`, unit by unit
+    (embedding, each layer, final norm, output layer: ``unit_index``; within a unit, the
+    model's parameter order, which may differ from that listing's); elsewhere yields nothing
+    but runs this rank's part (TP gathers, sends to rank 0). Every rank must exhaust it."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
