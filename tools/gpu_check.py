@@ -291,15 +291,29 @@ def run_checks(a: argparse.Namespace) -> int:
             print("    | " + "\n    | ".join(tail.strip().splitlines()[-25:]), flush=True)
         records.append({"check": check.name, "status": status, "seconds": round(seconds, 1),
                         "detail": detail, "output_tail": tail})  # fmt: skip
+        _write_report(out_dir, a, records, complete=False)  # a run cut short keeps its lines
+    summary = _write_report(out_dir, a, records, complete=True)
+    print(summary)
+    print(f"report: {out_dir / 'gpu_check.json'}")
+    return 0 if "0 failed" in summary else 1
+
+
+def _write_report(
+    out_dir: Path, a: argparse.Namespace, records: list[dict], *, complete: bool
+) -> str:
+    """``DIR/gpu_check.json`` (temporary file + rename), rewritten after every check so that a
+    run stopped part way -- a time limit, a hung check killed from outside -- leaves the lines it
+    had; ``complete`` is false until the last check. Returns the summary line."""
     counts = {s: sum(r["status"] == s for r in records) for s in ("PASS", "FAIL", "SKIP")}
     summary = (f"gpu_check: {counts['PASS']} checks passed, {counts['FAIL']} failed, "
                f"{counts['SKIP']} skipped")  # fmt: skip
-    print(summary)
-    report = {"summary": summary, "smoke": a.smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "checks": records}  # fmt: skip
-    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(f"report: {out_dir / 'gpu_check.json'}")
-    return 0 if counts["FAIL"] == 0 else 1
+    report = {"summary": summary, "complete": complete, "smoke": a.smoke,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": records}  # fmt: skip
+    path = out_dir / "gpu_check.json"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,3 +65,31 @@ def test_fused_bench_summary_line() -> None:
         "rope8 x2.00"
     )
     assert tool._fused_summary("no json here") == ""
+
+
+def test_the_report_is_written_after_every_check(tmp_path: Path, monkeypatch) -> None:
+    """A run cut short (the time limit of a lent GPU) keeps the lines it had: the second check
+    here reads the report as it stands while it runs, and the first line is already there."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", tool)  # its dataclasses look themselves up
+    spec.loader.exec_module(tool)
+    report = tmp_path / "gpu_check.json"
+    peek = f"import pathlib; print(pathlib.Path({str(report)!r}).read_text())"
+    checks = [
+        tool.Check("first", 60, lambda a, work: [sys.executable, "-c", "print('one')"]),
+        tool.Check("second", 60, lambda a, work: [sys.executable, "-c", peek],
+                   parse=lambda out: "seen=" + ",".join(
+                       f"{r['check']}:{r['status']}" for r in json.loads(out)["checks"]
+                   ) + f" complete={json.loads(out)['complete']}"),
+    ]  # fmt: skip
+    monkeypatch.setattr(tool, "CHECKS", checks)
+    args = argparse.Namespace(only=None, skip=None, out=str(tmp_path), smoke=True)
+    assert tool.run_checks(args) == 0
+    final = json.loads(report.read_text())
+    assert final["complete"] is True and [r["status"] for r in final["checks"]] == ["PASS"] * 2
+    assert final["checks"][1]["detail"] == "seen=first:PASS complete=False"
+    assert not list(tmp_path.glob(".gpu_check.json.tmp*"))
