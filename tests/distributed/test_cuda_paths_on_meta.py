@@ -6,11 +6,11 @@ would on a GPU.
 What it covers is the GPU check's list (``scripts/gpu_check.sh``) up to placement: the HF logits
 check, SFT/DPO/PPO steps in fp32/bf16 with the fused output layer and full recompute, the DPO
 reference pass, RLVR's learning phase (PPO with its value helper; GRPO with the reference
-offloaded), and the SFT and DPO stages through the CLI with a checkpoint saved -- at world size
-1, and again on two ranks as TP2 (sequence parallel) and PP2 layouts, with the weight push's
-stream besides. It checks no numbers (meta tensors have none), no kernels and no checkpoint
-loading (torch's DCP treats meta tensors as "to be materialised"); the GPU check does those on
-a GPU.
+offloaded), and the SFT and DPO stages through the CLI with a checkpoint saved and resumed from
+-- at world size 1, and again on two ranks as TP2 (sequence parallel) and PP2 layouts, with the
+weight push's stream besides. It checks no numbers (meta tensors have none; a resume reads the
+saved bytes into tensors that keep none of them) and no kernels; the GPU check does those on a
+GPU.
 
 It found the norm weights built on the CPU (models/norm.py): invisible in a trained model
 (megatron's DDP moves every parameter into its device buffer) but a crash in every model built

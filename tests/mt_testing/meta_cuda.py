@@ -19,9 +19,14 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
   and point-to-point message first checks what NCCL checks -- each tensor must be on the
   device -- then does nothing. At world size 1 every collective is the identity; at world
   size 2+ (spawned ranks, each with this stand-in) the ranks run their own parts of the layout
-  -- TP shards, pipeline stages -- with no tensor crossing between them (a received or
-  gathered buffer keeps what it was allocated with). Object collectives (``all_gather_object``,
-  ``broadcast_object_list``) and barriers are real: they run on the gloo group underneath;
+  -- TP shards, pipeline stages. Computed tensors do not cross between them (a received or
+  gathered buffer keeps what it was allocated with); host-made ones do: a broadcast,
+  all-reduce or all-gather whose every rank holds host values (the shapes a pipeline sends
+  ahead, counts, flags) runs for real on those values over the gloo group underneath. Object
+  collectives (``all_gather_object``, ``broadcast_object_list``) and barriers are real too;
+- the backward runs under the stand-in as the forward does (custom Functions, recompute,
+  sequence-parallel gathers), and a checkpoint load fills the meta tensors in place (the bytes
+  are read, then dropped);
 - reading values back -- ``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, ``.to("cpu")``
   of a meta tensor -- works, as a device-to-host copy does on CUDA; only the numbers are not
   known here. A small tensor made on the device from host values (``torch.tensor(x,
@@ -33,10 +38,10 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
 
 What it cannot see: numerics; kernels (Triton and SDPA's flash kernels dispatch on
 ``device.type == "cuda"`` and see meta, so the torch references run); anything after a value-
-dependent branch takes the "ones" side only; anything that needs another rank's numbers.
-megatron's
-own fallbacks used without apex/TE are replaced as on a real GPU: ``ensure_platform`` installs
-the device-side ones (:mod:`megatron_tulu.platform.multi_tensor`), so those run here too.
+dependent branch takes the "ones" side only; anything that needs another rank's computed
+numbers. megatron's own fallbacks used without apex/TE are replaced as on a real GPU:
+``ensure_platform`` installs the device-side ones (:mod:`megatron_tulu.platform.multi_tensor`),
+so those run here too.
 
 Use it only in fresh processes (``run_ranks(fn, world_size)``): :func:`install` patches torch
 and megatron process-wide, before anything builds a model or a process group.
@@ -371,6 +376,7 @@ def install() -> None:
         return
     import megatron.core.distributed.param_and_grad_buffer as buffers
     import megatron.core.transformer.utils as transformer_utils
+    import torch.distributed.checkpoint.default_planner as dcp_planner
     import torch.optim.optimizer as torch_optimizer
 
     import megatron_tulu.parallel as parallel
@@ -406,5 +412,9 @@ def install() -> None:
         setattr(c10d, name, getattr(dist, name))
     dist.batch_isend_irecv = _checked_batch_p2p
     dist._coalescing_manager = buffers._coalescing_manager = _NoCoalescing
+    # DCP's load planner would swap meta tensors for fresh ones on the group's device ("to be
+    # materialised"), and refuses meta ShardedTensors; here they are the device tensors that a
+    # load fills in place (the bytes are read and copied into meta, which keeps none of them)
+    dcp_planner._init_state_dict = lambda state_dict: state_dict
     MetaAsCuda().__enter__()
     _installed = True

@@ -4,10 +4,10 @@
 The cases follow ``scripts/gpu_check.sh``: the HF logits check, the step benchmark's SFT
 (fp32, bf16, the fused output layer, full recompute), DPO and PPO steps, the DPO reference
 pass, RLVR's learning phase (PPO with its value helper; GRPO with the reference offloaded
-to host memory), and the SFT and DPO stages through the CLI, which save a checkpoint. At world
-size 2 (:data:`LAYOUT_CASES`) the same paths run as TP2 and PP2 layouts, plus the weight
-push's stream. Checkpoint loading is not among them: torch's DCP reads values into the
-model, which meta tensors do not have (the GPU check covers save/resume on a GPU).
+to host memory), and the SFT and DPO stages through the CLI, which save a checkpoint and resume
+from it. At world size 2 (:data:`LAYOUT_CASES`) the same paths run as TP2 and PP2 layouts, plus
+the weight push's stream. The resume reads the saved bytes into the meta tensors, which keep
+none of them: it checks where things go, not what they hold (the GPU check covers that).
 """
 
 from __future__ import annotations
@@ -194,27 +194,33 @@ def _rlvr(algorithm: str, offload_reference: bool, tp: int = 1, pp: int = 1):
 
 
 def _stage(recipe: str, *overrides: str, tag: str = ""):
-    """A whole stage through the training CLI, two steps, the last saved; on the tiny-task
-    model from random HF weights and the small embedded task (``task`` below). Its output goes
-    to the recipe's name + ``tag`` under the work directory."""
+    """A whole stage through the training CLI, two steps, the last saved, then resumed from that
+    checkpoint (``training.resume=latest``: the load must happen) for a third step, saved too;
+    on the tiny-task model from random HF weights and the small embedded task (``task``
+    below). Its output goes to the recipe's name + ``tag`` under the work directory."""
 
     def case(hf_dir: str) -> None:
+        import shutil
+
         from megatron_tulu.train import main
 
         work = Path(os.environ["MT_META_WORK"])
-        stage = Path(recipe).stem + tag
+        out = work / (Path(recipe).stem + tag)
+        shutil.rmtree(out, ignore_errors=True)
         argv = [
-            "--recipe", recipe, f"training.output_dir={work / stage}", "parallel.tp=1",
+            "--recipe", recipe, f"training.output_dir={out}", "parallel.tp=1",
             "parallel.micro_batch_size=2", "parallel.global_batch_size=4",
             f"data.task_dir={work / 'task'}", "training.train_steps=2",
             "training.save_interval=2", "training.init_from_native=null",
             f"training.init_from_hf={work / 'hf-task'}", *overrides,
         ]  # fmt: skip
-        code = main(argv)
-        if code != 0:
-            raise AssertionError(f"{recipe}: exit status {code}")
-        if not (work / stage / "checkpoints" / "step_000000002" / "meta.json").is_file():
-            raise AssertionError(f"{recipe}: no checkpoint at step 2")
+        resume = ["training.train_steps=3", "training.save_interval=3", "training.resume=latest"]
+        for step, extra in ((2, []), (3, resume)):
+            code = main(argv + extra)
+            if code != 0:
+                raise AssertionError(f"{recipe} to step {step}: exit status {code}")
+            if not (out / "checkpoints" / f"step_{step:09d}" / "meta.json").is_file():
+                raise AssertionError(f"{recipe}: no checkpoint at step {step}")
 
     return case
 
@@ -280,8 +286,8 @@ CASES: dict[str, Callable[[str], None]] = {
     "DPO reference pass": _dpo_reference(),
     "RLVR learn PPO (value helper)": _rlvr("ppo", offload_reference=False),
     "RLVR learn GRPO (reference offloaded)": _rlvr("grpo", offload_reference=True),
-    "SFT stage (CLI), checkpoint saved": _stage("recipes/tulu3-sft-tiny-cpu.yaml"),
-    "DPO stage (CLI), checkpoint saved": _stage("recipes/tulu3-dpo-tiny-cpu.yaml"),
+    "SFT stage (CLI), checkpoint saved and resumed": _stage("recipes/tulu3-sft-tiny-cpu.yaml"),
+    "DPO stage (CLI), checkpoint saved and resumed": _stage("recipes/tulu3-dpo-tiny-cpu.yaml"),
 }
 # Two ranks, each its part of a TP2 or PP2 layout (sequence parallel with TP). The tensors
 # that cross ranks here -- TP gathers and reductions, pipeline sends, the weight push, the
@@ -307,10 +313,10 @@ LAYOUT_CASES: dict[str, Callable[[str], None]] = {
     "PP2 RLVR learn GRPO (reference offloaded)": _rlvr("grpo", offload_reference=True, **PP2),
     "TP2 weight push stream": _weight_stream(**TP2),
     "PP2 weight push stream": _weight_stream(**PP2),
-    "TP2 SFT stage (CLI), checkpoint saved": _stage(
+    "TP2 SFT stage (CLI), checkpoint saved and resumed": _stage(
         "recipes/tulu3-sft-tiny-cpu.yaml", "parallel.tp=2", tag="-tp2"
     ),
-    "PP2 DPO stage (CLI) fused output, checkpoint saved": _stage(
+    "PP2 DPO stage (CLI) fused output, checkpoint saved and resumed": _stage(
         "recipes/tulu3-dpo-tiny-cpu.yaml",
         "parallel.pp=2",
         "training.fused_output=true",
