@@ -23,8 +23,12 @@ def default_linear_chunk_rows(num_rows: int, num_cols: int, hidden_size: int) ->
     """Tokens per chunk of the fused output layer: Liger-Kernel's rule (a logits chunk about as
     large as the hidden states, a power of two), raised to the torch path's budget of
     DEFAULT_CHUNK_ELEMS values per chunk: larger GEMMs run faster (on 2 CPU cores 512 rows
-    reached 385 GFLOP/s, 128 rows 275), and that budget is small next to the weight shard."""
+    reached 385 GFLOP/s, 128 rows 275), and that budget is small next to the weight shard.
+    The budget's rows are rounded down to a power of two too: a chunk is the M dimension of
+    three GEMMs, and GPU GEMM kernels tile M by 64-256 rows, so 261 rows (the budget at
+    V = 128,256) would run a nearly empty last tile in each (256 rows: none)."""
     blowup = -(-num_cols // max(1, hidden_size))
     rows = max(1, -(-num_rows // max(1, blowup)))
     liger = 1 << (rows - 1).bit_length()  # the next power of two >= rows
-    return max(liger, default_chunk_rows(num_cols))
+    budget = 1 << (default_chunk_rows(num_cols).bit_length() - 1)  # power of two <= budget
+    return max(liger, budget)

@@ -113,5 +113,7 @@ def test_linear_logprobs_never_holds_the_logits() -> None:
 
 def test_default_linear_chunk_is_liger_rule_at_least_the_torch_budget() -> None:
     # Liger's rule: tokens / ceil(V / h), as a power of two -> 128 for 4,096 x 4,096 x 128,256
-    assert default_linear_chunk_rows(4096, 128256, 4096) == 261  # raised to the budget
+    # raised to the budget (261 rows of 128,256), as a power of two (GEMM tiles)
+    assert default_linear_chunk_rows(4096, 128256, 4096) == 256
+    assert default_linear_chunk_rows(64, 512, 64) == 1 << 16  # a tiny vocabulary: the budget
     assert default_linear_chunk_rows(1 << 20, 128256, 4096) == 1 << 15  # Liger's rule
