@@ -143,8 +143,15 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def _warps(block: int) -> int:
-    """8 warps for rows of 2,048+ columns, fewer for narrow ones (not tuned on a GPU yet)."""
-    return 8 if block >= 2048 else 4 if block >= 512 else 2
+    """8 warps for rows of 2,048+ columns, fewer for narrow ones, more for wide ones: at 8,192+
+    columns (Llama 70B, 405B) 8 warps hold 32-64 values per thread and the backward kernel
+    needs 204-255 registers per thread, spilling 416 bytes per thread at 16,384 (sm_90, read from
+    the cubin by tools/compile_kernels.py); 16 warps at 8,192 need 114 and spill none, 32 at
+    16,384 need 64 and spill 96 bytes (a whole row per program cannot fit the register file
+    there). Speed not measured on a GPU yet."""
+    if block >= 16384:
+        return 32
+    return 16 if block >= 8192 else 8 if block >= 2048 else 4 if block >= 512 else 2
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -31,7 +31,9 @@ only a tensor whose last dim is not contiguous. The outputs are contiguous.
 cos/sin are ``tl.cos`` / ``tl.sin`` of the fp32 angles: numpy's under the interpreter; on CUDA
 they are expected to lower to libdevice's fully range-reduced functions, which matters because
 angles reach 1.3e5 rad at Llama 3.1's longest context, where an approximate cos would be wrong.
-tests/kernels/test_kernel_rope.py::test_rope_cuda checks that; not run yet (no GPU lent so far).
+The sm_90 PTX, compiled on CPU, has libdevice's range reduction and no approximate instructions
+(tests/kernels/test_kernels_compile.py); tests/kernels/test_kernel_rope.py::test_rope_cuda checks
+the values on a GPU (not run yet: no GPU lent so far).
 
 Runs on CUDA, or on CPU under the Triton interpreter (``TRITON_INTERPRET=1`` before triton).
 """
@@ -85,6 +87,13 @@ def _rope_kernel(
     tl.store(y_at + half, y2.to(y_ptr.dtype.element_ty), mask=ok)
 
 
+def _warps(tile: int) -> int:
+    """16 tile elements per thread at most: a 64 x 64 tile (Llama's 128-wide heads, 64+ rows)
+    over 4 warps needs 196 registers per thread on sm_90, over 8 warps 118 (read from the cubin
+    by tools/compile_kernels.py; speed not measured on a GPU yet)."""
+    return 8 if tile >= 4096 else 4
+
+
 def check_rope_inputs(t: torch.Tensor, freqs: torch.Tensor) -> None:
     """ValueErrors, quoting the values, for anything but Llama's case (see the module docstring)."""
     if t.dim() != 4:
@@ -128,7 +137,7 @@ def _launch(x: torch.Tensor, freqs: torch.Tensor, *, transpose: bool) -> torch.T
     interpreted = is_interpreted(_rope_kernel)
     cap = ROWS_INTERPRETER if interpreted else max(1, TILE_CUDA // block_d)
     block_r = min(triton.next_power_of_2(num_rows), cap)
-    opts = {} if interpreted else {"num_warps": 4}
+    opts = {} if interpreted else {"num_warps": _warps(block_r * block_d)}
     grid = (seq, triton.cdiv(num_rows, block_r))
     _rope_kernel[grid](
         x, freqs, y,
