@@ -9,8 +9,8 @@ a named target without a driver -- its wheel carries ``ptxas`` -- so this module
    launch recorded instead of made (:func:`recording`): the launches are the ones CUDA tensors
    of those shapes would make, with the block sizes and warp counts chosen for CUDA;
 2. compiles each distinct launch for the target architectures (:func:`compile_launch`:
-   source -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin) and reads the cubin's registers, spills
-   and shared memory with the wheel's ``cuobjdump``.
+   source -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin) and reads its registers, spills, stack
+   frame and shared memory from ``ptxas -v`` (the wheel's ptxas, as Triton runs it).
 
 What it cannot tell: speed, and anything a launch decides at run time (the driver's occupancy,
 autotuning). The Triton here is the CPU machine's (``triton.__version__``), which may differ
@@ -29,18 +29,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import triton
 from triton.runtime.jit import JITFunction
 
 KERNEL_MODULES = ("entropy", "kl", "logprobs", "rmsnorm", "rope", "swiglu", "linear_logprobs")
 # shared memory one block may use, by compute capability (the CUDA programming guide's table)
 MAX_SHARED_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-_TYPES = {
-    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
-    torch.uint8: "u8", torch.bool: "i1",
-}  # fmt: skip
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
@@ -52,6 +46,7 @@ class Launch:
     signature: tuple[tuple[str, str], ...]
     constexprs: tuple[tuple[str, object], ...]
     options: tuple[tuple[str, int], ...]
+    attrs: tuple[tuple[str, tuple], ...] = ()  # per argument: ("tt.divisibility", 16), ...
 
     @property
     def name(self) -> str:
@@ -75,33 +70,27 @@ def kernels() -> dict[str, JITFunction]:
     return found
 
 
-def _arg_type(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        if value.dtype not in _TYPES:
-            raise TypeError(f"no Triton pointer type for {value.dtype}")
-        return "*" + _TYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -(2**31) <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton argument type for {type(value).__name__} {value!r}")
-
-
 def _launch(kernel: JITFunction, args: tuple, kwargs: dict) -> Launch:
-    values = dict(zip((p.name for p in kernel.params), args, strict=False))
-    values.update((k, v) for k, v in kwargs.items() if k not in _OPTIONS)
-    signature, constexprs = [], []
-    for p in kernel.params:
-        if p.is_constexpr:
-            value = values.get(p.name, p.default if p.has_default else None)
-            constexprs.append((p.name, value))
-            signature.append((p.name, "constexpr"))
-        else:
-            signature.append((p.name, _arg_type(values[p.name])))
+    """The launch as ``JITFunction.run`` would hand it to the compiler: Triton's own binder and
+    argument packing for a CUDA target, so the specialisations are the ones a GPU run makes (a
+    pointer or an int divisible by 16 is marked so; an int equal to 1 becomes a constant). Meta
+    tensors report their offsets from an aligned base as data pointers, as CUDA tensors do."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, _ = binder(*args, **kwargs)
+    parsed = backend.parse_options(kwargs)
+    _, signature, constexprs, attrs = kernel._pack_args(
+        backend, kwargs, bound, specialization, parsed
+    )
+    names = [p.name for p in kernel.params]
+    consts = tuple((names[path[0]], value) for path, value in constexprs.items())
     options = tuple(sorted((k, int(v)) for k, v in kwargs.items() if k in _OPTIONS))
-    return Launch(kernel, tuple(signature), tuple(constexprs), options)
+    attributes = tuple((names[path[0]], tuple(map(tuple, a))) for path, a in attrs.items())
+    return Launch(kernel, tuple(signature.items()), consts, options, attributes)
 
 
 @contextlib.contextmanager
@@ -142,7 +131,8 @@ class Compiled:
     arch: int
     error: str = ""
     registers: int = 0
-    spill_bytes: int = 0  # per thread: registers spilled to its stack frame
+    spill_bytes: int = 0  # per thread: registers spilled (ptxas' spill stores)
+    stack_bytes: int = 0  # per thread: the stack frame (spills and local arrays)
     shared_bytes: int = 0
     ptx: str = ""  # with ``keep_ptx``
 
@@ -154,23 +144,33 @@ class Compiled:
         return {
             "kernel": self.launch.name, "launch": self.launch.describe(), "arch": self.arch,
             "ok": self.ok, "error": self.error, "registers": self.registers,
-            "spill_bytes": self.spill_bytes, "shared_bytes": self.shared_bytes,
+            "spill_bytes": self.spill_bytes, "stack_bytes": self.stack_bytes,
+            "shared_bytes": self.shared_bytes,
         }  # fmt: skip
 
 
-def _resources(cubin: bytes) -> tuple[int, int, int]:
-    """(registers, spilled bytes, shared bytes) per ``cuobjdump -res-usage``: spilled registers
-    live in the thread's stack frame (STACK; LOCAL counts explicit local arrays, added too)."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout  # fmt: skip
-    match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int, int]:
+    """(registers, spill-store bytes, stack-frame bytes, shared bytes) per thread / block, from
+    ``ptxas -v`` on the kernel's PTX -- the ptxas Triton itself runs for ``arch``, with its
+    register-allocation option. The stack frame also holds local arrays that are no spill
+    (libdevice's range reduction for sin/cos keeps one there)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    match = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
     if match is None:
-        raise RuntimeError(f"cuobjdump -res-usage: no resource line in {out!r}")
-    return int(match[1]), int(match[2]) + int(match[4]), int(match[3])
+        raise RuntimeError("no .target line in the PTX")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        cmd = [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={match[1]}",
+               str(src), "-o", str(Path(tmp) / "kernel.cubin")]  # fmt: skip
+        log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", log)
+    smem = re.search(r"(\d+) bytes smem", log)
+    if regs is None or frame is None:
+        raise RuntimeError(f"ptxas -v: no resource lines in {log!r}")
+    return int(regs[1]), int(frame[2]), int(frame[1]), int(smem[1]) if smem else 0
 
 
 def compile_launch(launch: Launch, arch: int, *, keep_ptx: bool = False) -> Compiled:
@@ -178,22 +178,26 @@ def compile_launch(launch: Launch, arch: int, *, keep_ptx: bool = False) -> Comp
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    index = {p.name: i for i, p in enumerate(launch.kernel.params)}
     source = ASTSource(
-        fn=launch.kernel, signature=dict(launch.signature), constexprs=dict(launch.constexprs)
+        fn=launch.kernel,
+        signature=dict(launch.signature),
+        constexprs={(index[k],): v for k, v in launch.constexprs},
+        attrs={(index[k],): [list(a) for a in v] for k, v in launch.attrs},
     )
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options=dict(launch.options))  # fmt: skip
     except Exception as exc:  # the compiler's own message is the result
         return Compiled(launch, arch, error=f"{type(exc).__name__}: {exc}".strip()[:2000])
-    regs, spilled, static_shared = _resources(compiled.asm["cubin"])
+    regs, spilled, stack, static_shared = _ptxas_report(compiled.asm["ptx"], arch)
     shared = max(static_shared, int(compiled.metadata.shared))
     limit = MAX_SHARED_BYTES.get(arch)
     error = ""
     if limit is not None and shared > limit:
         error = f"{shared} bytes of shared memory > {limit} on sm_{arch}"
     ptx = compiled.asm["ptx"] if keep_ptx else ""
-    return Compiled(launch, arch, error, regs, spilled, shared, ptx)
+    return Compiled(launch, arch, error, regs, spilled, stack, shared, ptx)
 
 
 def distinct(launches: list[Launch]) -> list[Launch]:

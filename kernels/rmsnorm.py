@@ -143,12 +143,13 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def _warps(block: int) -> int:
-    """8 warps for rows of 2,048+ columns, fewer for narrow ones, more for wide ones: at 8,192+
-    columns (Llama 70B, 405B) 8 warps hold 32-64 values per thread and the backward kernel
-    needs 204-255 registers per thread, spilling 416 bytes per thread at 16,384 (sm_90, read from
-    the cubin by tools/compile_kernels.py); 16 warps at 8,192 need 114 and spill none, 32 at
-    16,384 need 64 and spill 96 bytes (a whole row per program cannot fit the register file
-    there). Speed not measured on a GPU yet."""
+    """8 warps for rows of 2,048+ columns, fewer for narrow ones, more for wide ones. Compiled
+    for sm_90 at a 2 x 4,096-token micro-batch (tools/compile_kernels.py), the backward kernel
+    needs 173 registers per thread at 8,192 columns (70B) with 8 warps, 107 with 16; at 16,384
+    (405B) 255 with 8 warps and 76 bytes spilled per thread, 64 with 32 warps (four times the
+    warps in flight per SM) and 72 bytes spilled: a whole 16,384-wide row per program, with its
+    fp32 weight-gradient accumulator, does not fit the register file at any warp count. Speed
+    not measured on a GPU yet."""
     if block >= 16384:
         return 32
     return 16 if block >= 8192 else 8 if block >= 2048 else 4 if block >= 512 else 2

@@ -89,8 +89,8 @@ def _rope_kernel(
 
 def _warps(tile: int) -> int:
     """16 tile elements per thread at most: a 64 x 64 tile (Llama's 128-wide heads, 64+ rows)
-    over 4 warps needs 196 registers per thread on sm_90, over 8 warps 118 (read from the cubin
-    by tools/compile_kernels.py; speed not measured on a GPU yet)."""
+    needs 96 registers per thread over 4 warps on sm_90 and 80 over 8 (tools/compile_kernels.py;
+    speed not measured on a GPU yet)."""
     return 8 if tile >= 4096 else 4
 
 

@@ -14,7 +14,7 @@ every ``--arch`` (sm_80: A100, sm_90: H100/H200). Prints one line per compiled l
 over the architecture's limit, or a kernel of ``kernels/`` that no launch reached. Spills are
 reported, not failed: they cost speed, not correctness.
 
-Needs only the CPU install (triton's wheel carries ptxas and cuobjdump). TRITON_INTERPRET must be
+Needs only the CPU install (triton's wheel carries ptxas). TRITON_INTERPRET must be
 unset: the interpreter's kernels are not compiled.
 """
 
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             status = "ok  " if r.ok else "FAIL"
             print(f"{status} sm_{arch} {launch.describe():<70} regs={r.registers:<3} "
-                  f"spill={r.spill_bytes:<4} smem={r.shared_bytes}", flush=True)  # fmt: skip
+                  f"spill={r.spill_bytes:<4} stack={r.stack_bytes:<4} smem={r.shared_bytes}",
+                  flush=True)  # fmt: skip
             if r.error:
                 print("    | " + r.error.replace("\n", "\n    | "), flush=True)
     failed = [r for r in results if not r.ok]

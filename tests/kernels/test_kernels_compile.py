@@ -39,8 +39,12 @@ def test_every_kernel_compiles_for_a100_and_hopper_at_the_8b_launches(tmp_path: 
                for r in rows)  # fmt: skip
     assert any("_rmsnorm_fwd_kernel [*fp32" in r["launch"] for r in rows)
     assert all(r["registers"] > 0 for r in rows)  # read back from each cubin
-    # the 8B shapes spill no registers (the 405B RMSNorm backward does: see kernels/rmsnorm.py)
-    assert [r["launch"] for r in rows if r["spill_bytes"]] == []
+    # the 8B shapes spill no registers (the 405B RMSNorm backward does: see kernels/rmsnorm.py),
+    # but for RoPE's few bytes in libdevice's sin/cos (the same kernel with the trigonometry
+    # replaced by products spills none)
+    spilled = {r["kernel"] for r in rows if r["spill_bytes"]}
+    assert spilled <= {"_rope_kernel"}
+    assert max(r["spill_bytes"] for r in rows) <= 16
     # warps follow the tile: RMSNorm at 4,096 columns and RoPE's 64 x 64 tile (2 x 32 heads)
     assert any("_rmsnorm_bwd_kernel" in r["launch"] and "BLOCK_H=4096 num_warps=8" in r["launch"]
                for r in rows)  # fmt: skip
