@@ -14,7 +14,8 @@ a named target without a driver -- its wheel carries ``ptxas`` -- so this module
 
 What it cannot tell: speed, and anything a launch decides at run time (the driver's occupancy,
 autotuning). The Triton here is the CPU machine's (``triton.__version__``), which may differ
-from the GPU machine's. ``tools/compile_kernels.py`` runs it for the model presets; the tests run
+from the GPU machine's; the internals used (the binder, argument packing, ``get_ptxas``) are
+Triton 3.9's, the CPU install's. ``tools/compile_kernels.py`` runs it for the model presets; the tests run
 the 8B shapes.
 """
 
