@@ -295,7 +295,7 @@ def run_checks(a: argparse.Namespace) -> int:
     summary = _write_report(out_dir, a, records, complete=True)
     print(summary)
     print(f"report: {out_dir / 'gpu_check.json'}")
-    return 0 if "0 failed" in summary else 1
+    return 0 if all(r["status"] != "FAIL" for r in records) else 1
 
 
 def _write_report(

@@ -93,3 +93,8 @@ def test_the_report_is_written_after_every_check(tmp_path: Path, monkeypatch) ->
     assert final["complete"] is True and [r["status"] for r in final["checks"]] == ["PASS"] * 2
     assert final["checks"][1]["detail"] == "seen=first:PASS complete=False"
     assert not list(tmp_path.glob(".gpu_check.json.tmp*"))
+    # ten failures exit 1 ("10 failed" must not read as "0 failed")
+    fail = tool.Check("fails", 60, lambda a, work: [sys.executable, "-c", "raise SystemExit(3)"])
+    monkeypatch.setattr(tool, "CHECKS", [fail] * 10)
+    assert tool.run_checks(args) == 1
+    assert json.loads(report.read_text())["summary"].endswith("10 failed, 0 skipped")
