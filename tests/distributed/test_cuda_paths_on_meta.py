@@ -7,7 +7,7 @@ What it covers is the GPU check's list (``scripts/gpu_check.sh``) up to placemen
 check, SFT/DPO/PPO steps in fp32/bf16 with the fused output layer and full recompute, the DPO
 reference pass, RLVR's learning phase (PPO with its value helper; GRPO with the reference
 offloaded), and the SFT and DPO stages through the CLI with a checkpoint saved and resumed from
--- at world size 1, and again on two ranks as TP2 (sequence parallel) and PP2 layouts, with the
+-- at world size 1, and again on two ranks as TP2 (the steps with sequence parallelism) and PP2
 weight push's stream besides. It checks no numbers (meta tensors have none; a resume reads the
 saved bytes into tensors that keep none of them) and no kernels; the GPU check does those on a
 GPU.
@@ -120,6 +120,9 @@ def test_the_stand_in_raises_where_a_gpu_would() -> None:
     assert seen["computed read back"] == "1.0" and seen["computed flag"] == "False"
     # a custom Function's backward (recompute, SP gathers) runs under the stand-in too
     assert seen["device in backward"] == "meta,meta"
+    # in-place writes: replayed on the host values where those are known, else unknown (ones)
+    assert seen["host write read back"] == "[4.0, 1.0]"
+    assert seen["computed write read back"] == "[1.0, 1.0]"
 
 
 def test_the_stand_in_at_two_ranks() -> None:
@@ -134,3 +137,6 @@ def test_the_stand_in_at_two_ranks() -> None:
         assert seen["device tensor to batch p2p"] == ""
         assert seen["cpu tensor to a collective"] == "WrongDevice"
         assert seen["device in backward"] == "meta,meta"
+        # a host-made count written in place crosses the ranks with its written values
+        assert seen["host write read back"] == "[8.0, 2.0]", rank
+        assert seen["computed write read back"] == "[1.0, 1.0]", rank

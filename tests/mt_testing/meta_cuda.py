@@ -20,21 +20,25 @@ device-placement bugs, and they do not need a GPU to show: here "cuda" *is* the 
   device -- then does nothing. At world size 1 every collective is the identity; at world
   size 2+ (spawned ranks, each with this stand-in) the ranks run their own parts of the layout
   -- TP shards, pipeline stages. Computed tensors do not cross between them (a received or
-  gathered buffer keeps what it was allocated with); host-made ones do: a broadcast,
-  all-reduce or all-gather whose every rank holds host values (the shapes a pipeline sends
-  ahead, counts, flags) runs for real on those values over the gloo group underneath. Object
-  collectives (``all_gather_object``, ``broadcast_object_list``) and barriers are real too;
+  gathered buffer keeps what it was allocated with); host-made ones do: a ``broadcast``,
+  ``all_reduce`` or ``all_gather_into_tensor`` whose every rank holds host values (the shapes a
+  pipeline sends ahead, counts, flags; in-place writes to them are replayed on those values)
+  runs for real on them over the gloo group underneath (list-form ``all_gather`` fills every
+  part with this rank's values). Object collectives (``all_gather_object``,
+  ``broadcast_object_list``) and barriers are real too; object point-to-point
+  (``send_object_list``) is not supported (send/recv keep NCCL's device rule);
 - the backward runs under the stand-in as the forward does (custom Functions, recompute,
   sequence-parallel gathers), and a checkpoint load fills the meta tensors in place (the bytes
   are read, then dropped);
 - reading values back -- ``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, ``.to("cpu")``
   of a meta tensor -- works, as a device-to-host copy does on CUDA; only the numbers are not
   known here. A small tensor made on the device from host values (``torch.tensor(x,
-  device=...)``, ``torch.zeros(...)``) or copied there, and read back without an op in between
-  (world-size-1 collectives are the identity), reads its host values: flags, counts and
-  indices round-trip. Anything computed reads ones, and bool tensors False (a flag read back
-  says "nothing found": the checks this code makes are ``bad.any()``-style). Code runs on,
-  numbers are meaningless: this checks placement, never values (the CPU tests do that).
+  device=...)``, ``torch.zeros(...)``) or copied there, and read back without a computing op
+  in between (world-size-1 collectives are the identity; in-place writes of host values are
+  replayed), reads its host values: flags, counts and indices round-trip. Anything computed
+  reads ones, and bool tensors False (a flag read back says "nothing found": the checks this
+  code makes are ``bad.any()``-style). Code runs on, numbers are meaningless: this checks
+  placement, never values (the CPU tests do that).
 
 What it cannot see: numerics; kernels (Triton and SDPA's flash kernels dispatch on
 ``device.type == "cuda"`` and see meta, so the torch references run); anything after a value-
@@ -90,6 +94,67 @@ def _remember(device_tensor: torch.Tensor, host: torch.Tensor) -> None:
         for key in [k for k, (ref, _) in _shadow.items() if ref() is None]:
             del _shadow[key]
     _shadow[id(device_tensor)] = (weakref.ref(device_tensor), host.detach().clone())
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _known(t: object) -> torch.Tensor | None:
+    """The host values of ``t``: a CPU tensor itself, a meta tensor's shadow, else None."""
+    if type(t) not in _PLAIN:
+        return None
+    if t.device.type == "cpu":
+        return t
+    ref, host = _shadow.get(id(t), (None, None))
+    return host if ref is not None and ref() is t and host.shape == t.shape else None
+
+
+_IN_PLACE_OPERATORS = {
+    f"__i{op}__" for op in
+    ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift",
+     "rshift", "matmul")
+} | {"__setitem__"}  # fmt: skip
+
+
+def _is_in_place(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    return name in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.endswith("__"))
+
+
+def _after_write(func: Any, args: tuple, kwargs: dict) -> None:
+    """Keeps shadows true after an in-place write to a meta tensor (``add_``, ``fill_``,
+    ``t[i] = v``, ``copy_``, ``+=``): the write is replayed on the host values where every
+    operand's are known, else the target's shadow is dropped (it reads as computed then)."""
+    target = args[0] if args else None
+    if not _is_in_place(func) or type(target) not in _PLAIN or not target.is_meta:
+        return  # (tensor subclasses -- ShardedTensor, DTensor -- have their own dispatch)
+    if getattr(func, "__name__", "") == "copy_" and len(args) > 1:  # a whole overwrite
+        src = _known(args[1])
+        if src is not None and target.numel() <= _SHADOW_MAX:
+            _remember(target, src.to(target.dtype).expand(target.shape))
+        else:
+            _shadow.pop(id(target), None)
+        return
+    host = _known(target)
+    if host is None:
+        return
+    operands = []
+    for a in args[1:]:
+        if isinstance(a, torch.Tensor):
+            a = _known(a)
+            if a is None:
+                _shadow.pop(id(target), None)
+                return
+        elif isinstance(a, list | tuple) and any(isinstance(x, torch.Tensor) for x in a):
+            _shadow.pop(id(target), None)
+            return
+        operands.append(a)
+    try:
+        host = host.clone()
+        result = func(host, *operands, **kwargs)
+        _remember(target, result if isinstance(result, torch.Tensor) else host)
+    except Exception:  # an op the host cannot replay: the values are unknown from here
+        _shadow.pop(id(target), None)
 
 
 def _host_copy(t: torch.Tensor) -> torch.Tensor:
@@ -159,7 +224,10 @@ def _backward_in_mode(mode: TorchFunctionMode, func, args, kwargs):
     recompute, sequence-parallel gathers) would run without the stand-in, although it must see
     "cuda" as meta just like the forward. So the mode is pushed again and autograd's own
     torch-function check is switched off for the call (left on, it would hand the call straight
-    back here). Nested backward calls (recompute) then run in the mode directly."""
+    back here). Nested backward calls (recompute) then run in the mode directly. The switch is
+    process-wide for the backward's duration: tensor subclasses' own ``__torch_function__``
+    (DTensor, ShardedTensor) is not dispatched through autograd's entry points meanwhile --
+    none of the cases backpropagates through one."""
     if func is torch.Tensor.backward:
         bound = inspect.signature(torch.Tensor.backward).bind(*args, **kwargs).arguments
         func, args = torch.autograd.backward, (bound["self"],)
@@ -220,6 +288,7 @@ class MetaAsCuda(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (first, META, *args[2:])
         out = func(*args, **kwargs)
+        _after_write(func, args, kwargs)
         if (
             func is torch.Tensor.to and isinstance(out, torch.Tensor) and out.is_meta
             and isinstance(first, torch.Tensor) and first.device.type == "cpu"

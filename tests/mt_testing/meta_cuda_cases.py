@@ -202,11 +202,17 @@ def _stage(recipe: str, *overrides: str, tag: str = ""):
     def case(hf_dir: str) -> None:
         import shutil
 
+        import torch.distributed as dist
+
         from megatron_tulu.train import main
 
         work = Path(os.environ["MT_META_WORK"])
         out = work / (Path(recipe).stem + tag)
-        shutil.rmtree(out, ignore_errors=True)
+        clean = not dist.is_initialized() or dist.get_rank() == 0
+        if clean:  # one rank clears the shared directory, the others wait for it
+            shutil.rmtree(out, ignore_errors=True)
+        if dist.is_initialized():
+            dist.barrier()
         argv = [
             "--recipe", recipe, f"training.output_dir={out}", "parallel.tp=1",
             "parallel.micro_batch_size=2", "parallel.global_batch_size=4",
@@ -289,9 +295,9 @@ CASES: dict[str, Callable[[str], None]] = {
     "SFT stage (CLI), checkpoint saved and resumed": _stage("recipes/tulu3-sft-tiny-cpu.yaml"),
     "DPO stage (CLI), checkpoint saved and resumed": _stage("recipes/tulu3-dpo-tiny-cpu.yaml"),
 }
-# Two ranks, each its part of a TP2 or PP2 layout (sequence parallel with TP). The tensors
-# that cross ranks here -- TP gathers and reductions, pipeline sends, the weight push, the
-# checkpoint's sharded save -- are the ones world size 1 never makes.
+# Two ranks, each its part of a TP2 or PP2 layout (the TP2 steps with sequence parallelism).
+# The tensors that cross ranks here -- TP gathers and reductions, pipeline sends, the weight
+# push, the checkpoint's sharded save -- are the ones world size 1 never makes.
 TP2 = {"tp": 2}
 PP2 = {"pp": 2}
 LAYOUT_CASES: dict[str, Callable[[str], None]] = {
@@ -381,7 +387,9 @@ def meta_cuda_worker(
 def _one_group_for_all_cases(timeout_s: float = 120.0) -> None:
     """World size 2+: one gloo group under every case (the cases' own destroy calls leave it),
     with a short timeout, so a case that fails on one rank only ends in an error, not a hang
-    in the other rank's next real (object) collective."""
+    in the other rank's next real (object) collective. After such a one-sided failure the
+    ranks' collectives are out of step: the cases after it may fail for that reason alone, so
+    read the first failure first."""
     import datetime
 
     import torch.distributed as dist
@@ -410,6 +418,18 @@ def _device_in_backward() -> str:
     Probe.apply(leaf).sum().backward()
     torch.autograd.grad(Probe.apply(leaf).sum(), leaf)
     return ",".join(seen)
+
+
+def _written_back(*, host_write: bool) -> str:
+    """A host-made count written in place, then summed over the ranks and read back: a host
+    write keeps it known (replayed on the host values), a computed one makes it unknown."""
+    count = torch.zeros(2, device="cuda")
+    count[0] = 3
+    count += 1
+    if not host_write:
+        count.add_(torch.ones(2, device="cuda").cumsum(0))  # computed on the device
+    torch.distributed.all_reduce(count)
+    return str(count.tolist())
 
 
 def stand_in_self_check() -> dict[str, str]:
@@ -473,6 +493,8 @@ def stand_in_self_check() -> dict[str, str]:
             "flag read back": str(flag.item()),
             "computed read back": str((dev * 3).sum().item()),
             "computed flag": str(bool((dev < 0).any())),
+            "host write read back": _written_back(host_write=True),
+            "computed write read back": _written_back(host_write=False),
         }
     finally:
         destroy_parallel()
