@@ -9,26 +9,24 @@ a named target without a driver -- its wheel carries ``ptxas`` -- so this module
    launch recorded instead of made (:func:`recording`): the launches are the ones CUDA tensors
    of those shapes would make, with the block sizes and warp counts chosen for CUDA;
 2. compiles each distinct launch for the target architectures (:func:`compile_launch`:
-   source -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin) and reads its registers, spills, stack
-   frame and shared memory from ``ptxas -v`` (the wheel's ptxas, as Triton runs it).
+   source -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the wheel's ptxas) and reads its
+   registers, spills, stack frame and shared memory from the ``-v`` log of that ptxas run.
 
 What it cannot tell: speed, and anything a launch decides at run time (the driver's occupancy,
 autotuning). The Triton here is the CPU machine's (``triton.__version__``), which may differ
-from the GPU machine's; the internals used (the binder, argument packing, ``get_ptxas``) are
-Triton 3.9's, the CPU install's. ``tools/compile_kernels.py`` runs it for the model presets; the tests run
-the 8B shapes.
+from the GPU machine's; the internals used (the binder, argument packing, the ptxas-log and
+always-compile knobs) are Triton 3.9's, the CPU install's. ``tools/compile_kernels.py`` runs it
+for the model presets; the tests run the 8B shapes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import re
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import triton
 from triton.runtime.jit import JITFunction
@@ -150,32 +148,32 @@ class Compiled:
         }  # fmt: skip
 
 
-def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int, int]:
-    """(registers, spill-store bytes, stack-frame bytes, shared bytes) per thread / block, from
-    ``ptxas -v`` on the kernel's PTX -- the ptxas Triton itself runs for ``arch``, with its
-    register-allocation option. The stack frame also holds local arrays that are no spill
+def _ptxas_resources(log: str, name: str) -> tuple[int, int, int, int]:
+    """(registers, spill-store bytes, stack-frame bytes, shared bytes) of entry function
+    ``name`` in a ``ptxas -v`` log. The stack frame also holds local arrays that are no spill
     (libdevice's range reduction for sin/cos keeps one there)."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    match = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
-    if match is None:
-        raise RuntimeError("no .target line in the PTX")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        cmd = [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={match[1]}",
-               str(src), "-o", str(Path(tmp) / "kernel.cubin")]  # fmt: skip
-        log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", log)
-    smem = re.search(r"(\d+) bytes smem", log)
-    if regs is None or frame is None:
-        raise RuntimeError(f"ptxas -v: no resource lines in {log!r}")
-    return int(regs[1]), int(frame[2]), int(frame[1]), int(smem[1]) if smem else 0
+    entry = re.search(rf"Compiling entry function '{re.escape(name)}'.*?(?=Compiling entry|\Z)",
+                      log, re.DOTALL)  # fmt: skip
+    if entry is None:
+        raise RuntimeError(f"ptxas -v: no entry function {name!r} in {log!r}")
+    block = entry[0]
+    props = re.search(
+        rf"Function properties for {re.escape(name)}\s*\n\s*(\d+) bytes stack frame, "
+        r"(\d+) bytes spill stores",
+        block,
+    )
+    regs = re.search(r"Used (\d+) registers", block)
+    smem = re.search(r"(\d+) bytes smem", block)
+    if props is None or regs is None:
+        raise RuntimeError(f"ptxas -v: no resource lines for {name!r} in {block!r}")
+    return int(regs[1]), int(props[2]), int(props[1]), int(smem[1]) if smem else 0
 
 
 def compile_launch(launch: Launch, arch: int, *, keep_ptx: bool = False) -> Compiled:
-    """Compiles ``launch`` for ``sm_{arch}``; a compile error is returned, not raised."""
+    """Compiles ``launch`` for ``sm_{arch}`` (always, past Triton's cache) and reads the
+    resources from the ``ptxas -v`` log of Triton's own ptxas run; a compile error is returned,
+    not raised."""
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -186,12 +184,16 @@ def compile_launch(launch: Launch, arch: int, *, keep_ptx: bool = False) -> Comp
         constexprs={(index[k],): v for k, v in launch.constexprs},
         attrs={(index[k],): [list(a) for a in v] for k, v in launch.attrs},
     )
+    log = io.StringIO()
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(launch.options))  # fmt: skip
+        with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
+            knobs.nvidia.dump_ptxas_log = True  # Triton prints its ptxas -v log
+            knobs.compilation.always_compile = True  # a cached kernel would print none
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                      options=dict(launch.options))  # fmt: skip
+        regs, spilled, stack, static_shared = _ptxas_resources(log.getvalue(), launch.name)
     except Exception as exc:  # the compiler's own message is the result
         return Compiled(launch, arch, error=f"{type(exc).__name__}: {exc}".strip()[:2000])
-    regs, spilled, stack, static_shared = _ptxas_report(compiled.asm["ptx"], arch)
     shared = max(static_shared, int(compiled.metadata.shared))
     limit = MAX_SHARED_BYTES.get(arch)
     error = ""

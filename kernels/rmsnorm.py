@@ -143,14 +143,14 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def _warps(block: int) -> int:
-    """8 warps for rows of 2,048+ columns, fewer for narrow ones, more for wide ones. Compiled
-    for sm_90 at a 2 x 4,096-token micro-batch (tools/compile_kernels.py), the backward kernel
-    needs 173 registers per thread at 8,192 columns (70B) with 8 warps, 107 with 16; at 16,384
-    (405B) 255 with 8 warps and 76 bytes spilled per thread, 64 with 32 warps (four times the
-    warps in flight per SM) and 72 bytes spilled: a whole 16,384-wide row per program, with its
-    fp32 weight-gradient accumulator, does not fit the register file at any warp count. Speed
+    """Liger-Kernel's rule for wide rows (32 warps at 32,768+ columns, 16 at 8,192+, 8 at
+    2,048+), fewer warps for narrow ones. Compiled for sm_90 at a 2 x 4,096-token micro-batch
+    (tools/compile_kernels.py), 8 warps would have the backward kernel at 173 registers per
+    thread at 8,192 columns (70B; 107 with 16) and at 255 with 76 bytes spilled per thread at
+    16,384 (405B; 128 and 64 bytes with 16 warps: a whole 16,384-wide row per program, with its
+    fp32 weight-gradient accumulator, does not fit the register file at any warp count). Speed
     not measured on a GPU yet."""
-    if block >= 16384:
+    if block >= 32768:
         return 32
     return 16 if block >= 8192 else 8 if block >= 2048 else 4 if block >= 512 else 2
 

@@ -90,8 +90,18 @@ def test_refuses_the_interpreter_and_bad_input() -> None:
 
 def test_streaming_kernels_load_128_bits_at_a_time() -> None:
     """The memory-bound kernels reach bandwidth only with vectorised accesses: at the 8B shapes
-    (V = 128,256, h = 4,096, bf16) each reads its rows with 128-bit loads (``ld.global.v4``),
-    which Triton emits only where it knows the pointers and strides are 16-byte aligned."""
+    (V = 128,256, h = 4,096, bf16) every row they read is read with 128-bit loads
+    (``ld.global.v4``), which Triton emits only where it knows the pointers and strides are
+    16-byte aligned. A block of B bf16 values over T threads takes B * 2 / (T * 16) such loads
+    per row read: 2 for a 4,096-wide block over 8 warps, 1 for SwiGLU's 1,024 over 4."""
+    rows_read = {  # row tensors each kernel reads, and the 128-bit loads each one takes
+        "_logprobs_fwd_kernel": (1, 2), "_logprobs_bwd_kernel": (1, 2),  # logits
+        "_entropy_fwd_kernel": (1, 2), "_entropy_bwd_kernel": (1, 2),  # logits
+        "_rmsnorm_fwd_kernel": (2, 2), "_rmsnorm_bwd_kernel": (3, 2),  # (dy,) x, weight
+        "_swiglu_fwd_kernel": (2, 1), "_swiglu_bwd_kernel": (3, 1),  # (dy,) gate, up
+    }  # fmt: skip
     loads = _probe("vector_loads")
     assert len(loads) == 8, loads  # forward and backward of four ops
-    assert all(n > 0 for n in loads.values()), loads
+    for launch, count in loads.items():
+        tensors, per_row = rows_read[launch.split()[0]]
+        assert count >= tensors * per_row, (launch, count)

@@ -82,7 +82,7 @@ def vector_loads() -> dict:
     out = {}
     for launch in launches:
         ptx = compile_launch(launch, 90, keep_ptx=True).ptx
-        out[launch.name] = len(re.findall(r"ld\.global\.v4", ptx))
+        out[launch.describe()] = len(re.findall(r"ld\.global\.v4", ptx))
     return out
 
 
