@@ -22,6 +22,7 @@ for the model presets; the tests run the 8B shapes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import re
@@ -69,17 +70,23 @@ def kernels() -> dict[str, JITFunction]:
     return found
 
 
-def _launch(kernel: JITFunction, args: tuple, kwargs: dict) -> Launch:
-    """The launch as ``JITFunction.run`` would hand it to the compiler: Triton's own binder and
-    argument packing for a CUDA target, so the specialisations are the ones a GPU run makes (a
-    pointer or an int divisible by 16 is marked so; an int equal to 1 becomes a constant). Meta
-    tensors report their offsets from an aligned base as data pointers, as CUDA tensors do."""
+@functools.cache
+def _binder(kernel: JITFunction) -> tuple[object, object]:
+    """(a CUDA backend, the kernel's argument binder for it), made once per kernel."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", 90, 32))
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    return backend, create_function_from_signature(kernel.signature, kernel.params, backend)
+
+
+def _launch(kernel: JITFunction, args: tuple, kwargs: dict) -> Launch:
+    """The launch as ``JITFunction.run`` would hand it to the compiler: Triton's own binder and
+    argument packing for a CUDA target, so the specialisations are the ones a GPU run makes (a
+    pointer or an int divisible by 16 is marked so; an int equal to 1 becomes a constant). Meta
+    tensors report their offsets from an aligned base as data pointers, as CUDA tensors do."""
+    backend, binder = _binder(kernel)
     bound, specialization, _ = binder(*args, **kwargs)
     parsed = backend.parse_options(kwargs)
     _, signature, constexprs, attrs = kernel._pack_args(

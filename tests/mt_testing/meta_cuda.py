@@ -99,14 +99,17 @@ def _remember(device_tensor: torch.Tensor, host: torch.Tensor) -> None:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _shadow_of(t: torch.Tensor) -> torch.Tensor | None:
+    """The host values remembered for meta tensor ``t`` (still that tensor, same shape)."""
+    ref, host = _shadow.get(id(t), (None, None))
+    return host if ref is not None and ref() is t and host.shape == t.shape else None
+
+
 def _known(t: object) -> torch.Tensor | None:
     """The host values of ``t``: a CPU tensor itself, a meta tensor's shadow, else None."""
     if type(t) not in _PLAIN:
         return None
-    if t.device.type == "cpu":
-        return t
-    ref, host = _shadow.get(id(t), (None, None))
-    return host if ref is not None and ref() is t and host.shape == t.shape else None
+    return t if t.device.type == "cpu" else _shadow_of(t)
 
 
 _IN_PLACE_OPERATORS = {
@@ -160,8 +163,8 @@ def _after_write(func: Any, args: tuple, kwargs: dict) -> None:
 def _host_copy(t: torch.Tensor) -> torch.Tensor:
     """What a device-to-host copy of meta tensor ``t`` reads: the host values it was made from
     (kept for small tensors), else ones -- False for a bool tensor."""
-    ref, host = _shadow.get(id(t), (None, None))
-    if ref is not None and ref() is t and host.shape == t.shape:
+    host = _shadow_of(t)
+    if host is not None:
         return host.to(t.dtype)
     return torch.full(t.shape, t.dtype != torch.bool, dtype=t.dtype)
 
@@ -188,7 +191,7 @@ def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     out = []
     for a in (*args, *kwargs.values()):
         for t in a if isinstance(a, list | tuple) else (a,):
-            if type(t) in (torch.Tensor, torch.nn.Parameter):
+            if type(t) in _PLAIN:
                 out.append(t)
     return out
 
@@ -262,7 +265,7 @@ class MetaAsCuda(TorchFunctionMode):
         if func is torch.Tensor.is_pinned:
             return False
         # (tensor subclasses with their own dispatch -- ShardedTensor, DTensor -- pass through)
-        if type(first) in (torch.Tensor, torch.nn.Parameter) and first.is_meta:
+        if type(first) in _PLAIN and first.is_meta:
             if func in _READS:
                 return _READS[func](first)
             if func is torch.Tensor.to and (
@@ -360,8 +363,8 @@ def _host_collective(name: str, original: Any, args: tuple, kwargs: dict) -> boo
         known = source.numel() <= _SHADOW_MAX
         host = torch.zeros(source.shape, dtype=source.dtype)
     else:
-        ref, host = _shadow.get(id(source), (None, None))
-        known = ref is not None and ref() is source and host.shape == source.shape
+        host = _shadow_of(source)
+        known = host is not None
     agreed = torch.tensor([int(known)])
     c10d.all_reduce(agreed, op=dist.ReduceOp.MIN, group=group)
     if not agreed.item():
@@ -406,8 +409,8 @@ def _checked_batch_p2p(ops: list[Any]) -> list[_DoneWork]:
 
 
 def _alias(out: torch.Tensor, inp: torch.Tensor) -> None:
-    ref, host = _shadow.get(id(inp), (None, None))
-    if ref is not None and ref() is inp:
+    host = _shadow_of(inp)
+    if host is not None:
         parts, rest = divmod(out.numel(), max(inp.numel(), 1))
         if not rest:  # each rank's part of the output reads as this rank's input
             _remember(out, host.reshape(-1).repeat(parts).reshape(out.shape))
